@@ -1,0 +1,118 @@
+//! Errors: the boxed error layers return, configuration errors, and a way to tell failures
+//! apart without matching on strings.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_firebreak::error::{BoxError, ErrorKind};
+//! use tower_firebreak::ServiceBuilderExt;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let hanging = service_fn(|_: ()| std::future::pending::<Result<(), BoxError>>());
+//! let svc = ServiceBuilder::new()
+//!     .timeout_attempt(Duration::from_millis(100))?
+//!     .service(hanging);
+//!
+//! let err = svc.oneshot(()).await.unwrap_err();
+//! assert_eq!(ErrorKind::of(&*err), ErrorKind::TimedOut);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The model
+//!
+//! - A layer that can fail on its own returns [`BoxError`], as tower's layers do, so it stacks
+//!   with tower and works with axum's `HandleErrorLayer`. The inner service's error is boxed
+//!   unchanged, so it can still be downcast to its own type.
+//! - Each failure a layer adds has its own public type ([`Elapsed`](crate::timeout::Elapsed),
+//!   [`DeadlineExceeded`](crate::timeout::DeadlineExceeded)). These types implement
+//!   `std::error::Error`, can be downcast from a `BoxError`, and cannot be constructed outside
+//!   this crate, so seeing one means this crate produced it.
+//! - [`ErrorKind::of`] names the failure without downcasting to each type yourself.
+//! - Builders return [`ConfigError`] for invalid configuration; nothing in the crate panics
+//!   on bad input.
+
+use std::error::Error;
+
+/// The error type layers of this crate return: any error, boxed, thread-safe.
+///
+/// This is the same type as `tower::BoxError`.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// What kind of failure an error is, as far as this crate can tell.
+///
+/// New kinds are added as layers that produce them are added, so match with a wildcard arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// One attempt took longer than its timeout ([`Elapsed`](crate::timeout::Elapsed)).
+    /// Another attempt may succeed.
+    TimedOut,
+    /// The request's deadline passed
+    /// ([`DeadlineExceeded`](crate::timeout::DeadlineExceeded)). No further attempt can
+    /// succeed, so nothing should retry it.
+    DeadlineExceeded,
+    /// Not an error this crate produced: it came from the inner service (or anything else).
+    Inner,
+}
+
+/// How far down a `source()` chain [`ErrorKind::of`] looks: far more than any real wrapping,
+/// and a bound in case a chain is very long.
+const MAX_SOURCE_DEPTH: usize = 32;
+
+impl ErrorKind {
+    /// Classifies an error.
+    ///
+    /// It looks at the error itself, then down its [`source`](Error::source) chain, so an
+    /// error of this crate is still recognised after another layer wrapped it (for example
+    /// `tower::buffer`'s `ServiceError`). The first error of this crate found decides the kind;
+    /// if there is none, the kind is [`ErrorKind::Inner`].
+    ///
+    /// Pass a [`BoxError`] as `&*err`.
+    ///
+    /// ```
+    /// use tower_firebreak::error::{BoxError, ErrorKind};
+    ///
+    /// let io: BoxError = std::io::Error::other("connection reset").into();
+    /// assert_eq!(ErrorKind::of(&*io), ErrorKind::Inner);
+    /// ```
+    pub fn of(err: &(dyn Error + 'static)) -> ErrorKind {
+        let mut current = Some(err);
+        for _ in 0..MAX_SOURCE_DEPTH {
+            let Some(e) = current else { break };
+            if e.is::<crate::timeout::Elapsed>() {
+                return ErrorKind::TimedOut;
+            }
+            if e.is::<crate::timeout::DeadlineExceeded>() {
+                return ErrorKind::DeadlineExceeded;
+            }
+            current = e.source();
+        }
+        ErrorKind::Inner
+    }
+}
+
+/// An invalid configuration, returned by a builder's `build` instead of a panic.
+///
+/// Each variant names the layer and the setting at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting the layer cannot work without was not given.
+    #[error("{layer}: `{setting}` is required but was not set")]
+    Missing {
+        /// The layer being built, such as `"TimeoutLayer"`.
+        layer: &'static str,
+        /// The builder method that sets it.
+        setting: &'static str,
+    },
+    /// A duration that must be positive was zero.
+    #[error("{layer}: `{setting}` must be greater than zero")]
+    ZeroDuration {
+        /// The layer being built, such as `"TimeoutLayer"`.
+        layer: &'static str,
+        /// The builder method that set it.
+        setting: &'static str,
+    },
+}

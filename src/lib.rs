@@ -1,0 +1,71 @@
+//! Resilience middleware for [tower] services: keep one failing dependency from taking the
+//! rest of a system down.
+//!
+//! Each protection is a tower `Layer` that wraps any `Service` (axum handlers, hyper and
+//! tonic clients, `service_fn`). Today the crate provides per-attempt **timeouts** and
+//! whole-request **deadlines**; a lock-free circuit breaker, retries under a budget and load
+//! shedding follow.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_firebreak::ServiceBuilderExt;
+//! use tower_firebreak::error::{BoxError, ErrorKind};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let hanging_dependency = service_fn(|_: &str| std::future::pending::<Result<String, BoxError>>());
+//! let svc = ServiceBuilder::new()
+//!     .deadline(Duration::from_secs(2))?             // the whole request, every attempt
+//!     .timeout_attempt(Duration::from_millis(300))?  // one attempt
+//!     .service(hanging_dependency);
+//!
+//! let err = svc.oneshot("GET /price").await.unwrap_err();
+//! assert_eq!(ErrorKind::of(&*err), ErrorKind::TimedOut); // after 300 ms, not never
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layer order
+//!
+//! Order changes meaning, so stacks are built outermost first, in this order:
+//!
+//! 1. **deadline** — the time the whole request has, set once on arrival;
+//! 2. **retry with a budget** — repeats failed attempts while the deadline allows;
+//! 3. **circuit breaker** — stops calling a dependency that keeps failing;
+//! 4. **per-attempt timeout** — a timeout inside retry limits each attempt, outside it the
+//!    whole call;
+//! 5. **load shed** — rejects work that cannot be served in time;
+//! 6. the service.
+//!
+//! Layers of this crate that can fail return [`error::BoxError`]; [`error::ErrorKind`] tells
+//! the failures apart. Invalid settings are a [`error::ConfigError`] from the builder.
+//!
+//! # Time
+//!
+//! Every layer reads time through [`clock`], which follows tokio's paused clock, so tests and
+//! simulations of failures run in virtual time, deterministically.
+//!
+//! [tower]: https://docs.rs/tower
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+pub mod builder;
+pub mod clock;
+pub mod error;
+pub mod timeout;
+
+pub use builder::ServiceBuilderExt;
+pub use error::{BoxError, ConfigError, ErrorKind};
+pub use timeout::{DeadlineLayer, TimeoutLayer};
+
+/// Compiles and runs the README's code, so the quick start cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
