@@ -410,3 +410,27 @@ fn every_invalid_setting_is_a_config_error() {
         "TimeoutLayer: `attempt_timeout` must be greater than zero"
     );
 }
+
+#[test]
+fn a_panic_inside_a_scope_leaves_no_deadline_behind() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let at = runtime.block_on(async { clock::now() + Duration::from_secs(1) });
+
+    let panicked = std::panic::catch_unwind(|| {
+        deadline::sync_scope(at, || panic!("the inner service panicked"));
+    });
+    assert!(panicked.is_err());
+    assert_eq!(deadline::current(), None);
+
+    let panicked = std::panic::catch_unwind(|| {
+        runtime.block_on(deadline::scope(at, async {
+            panic!("the response panicked")
+        }))
+    });
+    assert!(panicked.is_err());
+    assert_eq!(deadline::current(), None);
+}

@@ -11,7 +11,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::{Sleep, sleep_until};
 
 use super::deadline;
@@ -204,8 +203,9 @@ pin_project! {
     enum DeadlineState<F> {
         Expired,
         Bounded {
+            // Polled with the deadline in force.
             #[pin]
-            inner: TaskLocalFuture<Instant, F>,
+            inner: F,
             #[pin]
             sleep: Option<Sleep>,
             deadline: Instant,
@@ -215,11 +215,11 @@ pin_project! {
     }
 }
 
-impl<F: Future> DeadlineFuture<F> {
+impl<F> DeadlineFuture<F> {
     pub(crate) fn bounded(inner: F, deadline: Instant) -> Self {
         DeadlineFuture {
             state: DeadlineState::Bounded {
-                inner: deadline::DEADLINE.scope(deadline, inner),
+                inner,
                 sleep: None,
                 deadline,
             },
@@ -255,7 +255,7 @@ where
                 mut sleep,
                 deadline,
             } => {
-                if let Poll::Ready(result) = inner.poll(cx) {
+                if let Poll::Ready(result) = deadline::within(*deadline, || inner.poll(cx)) {
                     return Poll::Ready(result.map_err(Into::into));
                 }
                 if sleep.is_none() {

@@ -39,9 +39,11 @@
 //! # Cost
 //!
 //! Neither layer allocates. Both poll the inner future before touching a timer, so a response
-//! that is ready on its first poll reads no clock and registers no timer; a pending one arms a
-//! single tokio timer on its first `Pending`. `Timeout` reads the clock in `call` only for a
-//! request that carries a deadline. Measured figures: `BENCHMARKS.md`.
+//! that is ready on its first poll reads no clock and registers no timer: 5.5 ns per call
+//! against 39.9 ns for `tower::timeout`. A pending one arms a single tokio timer on its first
+//! `Pending`; building that timer inside the pinned future costs 22 ns more per call than
+//! tower's eager timer (97.6 ns against 75.3 ns). `Timeout` reads the clock in `call` only for
+//! a request that carries a deadline. Method and figures: `BENCHMARKS.md`.
 //!
 //! Both need a tokio runtime with time enabled once a response is pending, as tokio's own
 //! timers do.
@@ -178,7 +180,7 @@ where
             Some(deadline) if deadline <= now => DeadlineFuture::expired(),
             Some(deadline) => {
                 // In force during the inner `call` here, and during every poll of its future.
-                let inner = deadline::DEADLINE.sync_scope(deadline, || self.inner.call(request));
+                let inner = deadline::within(deadline, || self.inner.call(request));
                 DeadlineFuture::bounded(inner, deadline)
             }
             None => DeadlineFuture::unbounded(self.inner.call(request)),
