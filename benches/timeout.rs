@@ -19,6 +19,7 @@ use tower::{Service, ServiceBuilder};
 use tower_firebreak::ServiceBuilderExt;
 use tower_firebreak::clock;
 use tower_firebreak::error::BoxError;
+use tower_firebreak::timeout::deadline;
 
 #[derive(Clone)]
 struct Ready;
@@ -122,6 +123,17 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("clock");
     group.bench_function("firebreak_clock_now", |b| b.iter(clock::now));
     group.bench_function("std_instant_now", |b| b.iter(std::time::Instant::now));
+    group.finish();
+
+    let mut group = c.benchmark_group("deadline");
+    group.bench_function("current_outside_scope", |b| b.iter(deadline::current));
+    let at = clock::now() + Duration::from_secs(3600);
+    group.bench_function("current_inside_scope", |b| {
+        deadline::sync_scope(at, || b.iter(deadline::current))
+    });
+    group.bench_function("sync_scope_enter_and_leave", |b| {
+        b.iter(|| deadline::sync_scope(black_box(at), || black_box(1)))
+    });
     group.finish();
 
     bench_stacks(c, "timeout/ready", Ready);

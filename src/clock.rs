@@ -24,7 +24,7 @@
 //! # Cost per read, and how hot paths use it
 //!
 //! In a program that never pauses the clock, a read is one `clock_gettime` through the vDSO
-//! plus one atomic load, about 21 ns on the machine this crate is benchmarked on
+//! plus one atomic load: 24 ns on the 2-vCPU machine this crate is benchmarked on
 //! (`cargo bench --bench timeout -- clock`; see `BENCHMARKS.md`). That is more than the whole
 //! budget some layers have per call, so a hot path reads the clock only when the answer can
 //! change what it does:
