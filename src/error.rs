@@ -34,6 +34,7 @@
 //!   on bad input.
 
 use std::error::Error;
+use std::time::Duration;
 
 /// The error type layers of this crate return: any error, boxed, thread-safe.
 ///
@@ -53,6 +54,10 @@ pub enum ErrorKind {
     /// ([`DeadlineExceeded`](crate::timeout::DeadlineExceeded)). No further attempt can
     /// succeed, so nothing should retry it.
     DeadlineExceeded,
+    /// A circuit breaker is open and rejected the call without trying
+    /// ([`CircuitOpen`](crate::circuit_breaker::CircuitOpen)). Retrying before its
+    /// [`retry_after`](ErrorKind::retry_after) only adds load.
+    CircuitOpen,
     /// Not an error this crate produced: it came from the inner service (or anything else).
     Inner,
 }
@@ -87,9 +92,35 @@ impl ErrorKind {
             if e.is::<crate::timeout::DeadlineExceeded>() {
                 return ErrorKind::DeadlineExceeded;
             }
+            if e.is::<crate::circuit_breaker::CircuitOpen>() {
+                return ErrorKind::CircuitOpen;
+            }
             current = e.source();
         }
         ErrorKind::Inner
+    }
+
+    /// The hint an error of this crate carries about when to try again, looked up like
+    /// [`ErrorKind::of`]: the first error of this crate in the `source()` chain that carries
+    /// one. Today that is [`CircuitOpen`](crate::circuit_breaker::CircuitOpen) with a known
+    /// time until its next probe.
+    ///
+    /// ```
+    /// use tower_firebreak::error::{BoxError, ErrorKind};
+    ///
+    /// let io: BoxError = std::io::Error::other("connection reset").into();
+    /// assert_eq!(ErrorKind::retry_after(&*io), None);
+    /// ```
+    pub fn retry_after(err: &(dyn Error + 'static)) -> Option<Duration> {
+        let mut current = Some(err);
+        for _ in 0..MAX_SOURCE_DEPTH {
+            let e = current?;
+            if let Some(open) = e.downcast_ref::<crate::circuit_breaker::CircuitOpen>() {
+                return open.retry_after();
+            }
+            current = e.source();
+        }
+        None
     }
 }
 
@@ -114,5 +145,27 @@ pub enum ConfigError {
         layer: &'static str,
         /// The builder method that set it.
         setting: &'static str,
+    },
+    /// A number outside the range the setting accepts (NaN included).
+    #[error("{layer}: `{setting}` is {value}, but must be {expected}")]
+    OutOfRange {
+        /// The layer being built.
+        layer: &'static str,
+        /// The builder method that set it.
+        setting: &'static str,
+        /// The value given, as text.
+        value: String,
+        /// The accepted range, such as `"in (0, 1]"`.
+        expected: &'static str,
+    },
+    /// A lower bound set above its upper bound.
+    #[error("{layer}: `{min_setting}` must not be greater than `{max_setting}`")]
+    MinAboveMax {
+        /// The layer being built.
+        layer: &'static str,
+        /// The setting that is the lower bound.
+        min_setting: &'static str,
+        /// The setting that is the upper bound.
+        max_setting: &'static str,
     },
 }

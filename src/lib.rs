@@ -57,9 +57,12 @@
 )]
 
 pub mod builder;
+pub mod circuit_breaker;
 pub mod clock;
 pub mod error;
 pub mod timeout;
+
+mod sync;
 
 pub use builder::ServiceBuilderExt;
 pub use error::{BoxError, ConfigError, ErrorKind};

@@ -1,0 +1,479 @@
+//! [`CircuitBreakerLayer`], its builder, and outcome classification.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::Layer;
+
+use super::CircuitBreaker;
+use super::handle::{Handle, StateTransition};
+use super::shared::{Listener, OpenDuration, Shared, Timing};
+use super::state::{MAX_PROBES, StateMachine};
+use super::window::{Model, Window};
+use crate::error::ConfigError;
+
+const LAYER: &str = "CircuitBreakerLayer";
+
+/// What a call's result means to the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The dependency did its job.
+    Success,
+    /// The dependency failed; counts toward tripping.
+    Failure,
+    /// Says nothing about the dependency's health (a client error, a cancellation, a
+    /// "not found"): not counted. A probe with this outcome gives its slot back.
+    Ignored,
+}
+
+/// Classifies a call's result as an [`Outcome`].
+///
+/// Implemented for any `Fn(&Result<Response, Error>) -> Outcome`, so a closure will do:
+///
+/// ```
+/// use tower_firebreak::circuit_breaker::Outcome;
+///
+/// // An HTTP-like status: 5xx is a failure, 4xx is the caller's problem.
+/// let classify = |result: &Result<u16, std::io::Error>| match result {
+///     Ok(status) if *status >= 500 => Outcome::Failure,
+///     Ok(status) if *status >= 400 => Outcome::Ignored,
+///     Ok(_) => Outcome::Success,
+///     Err(_) => Outcome::Failure,
+/// };
+/// # let _ = classify;
+/// ```
+pub trait Classify<Response, Error> {
+    /// The outcome of one call.
+    fn classify(&self, result: &Result<Response, Error>) -> Outcome;
+}
+
+impl<F, Response, Error> Classify<Response, Error> for F
+where
+    F: Fn(&Result<Response, Error>) -> Outcome,
+{
+    fn classify(&self, result: &Result<Response, Error>) -> Outcome {
+        self(result)
+    }
+}
+
+/// The default classification: `Ok` is a success, `Err` a failure.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnyErrorIsFailure;
+
+impl<Response, Error> Classify<Response, Error> for AnyErrorIsFailure {
+    #[inline]
+    fn classify(&self, result: &Result<Response, Error>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        }
+    }
+}
+
+/// Wraps services in a circuit breaker. Every service this layer wraps, and every clone of
+/// them, shares one breaker: build one layer per dependency.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_firebreak::circuit_breaker::{CircuitBreakerLayer, State};
+///
+/// let layer = CircuitBreakerLayer::builder()
+///     .name("payments")
+///     .failure_rate(0.5, 100)       // half of the last 100 calls failed...
+///     .min_calls(20)                // ...and at least 20 calls were seen
+///     .open_duration(Duration::from_secs(5))
+///     .half_open_probes(3)
+///     .build()?;
+/// assert_eq!(layer.handle().state(), State::Closed);
+/// # Ok::<(), tower_firebreak::error::ConfigError>(())
+/// ```
+pub struct CircuitBreakerLayer<C = AnyErrorIsFailure> {
+    shared: Arc<Shared>,
+    classifier: C,
+    backpressure: bool,
+}
+
+impl<C: Clone> Clone for CircuitBreakerLayer<C> {
+    fn clone(&self) -> Self {
+        CircuitBreakerLayer {
+            shared: Arc::clone(&self.shared),
+            classifier: self.classifier.clone(),
+            backpressure: self.backpressure,
+        }
+    }
+}
+
+impl<C> fmt::Debug for CircuitBreakerLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .field("breaker", &self.shared)
+            .field("backpressure", &self.backpressure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CircuitBreakerLayer {
+    /// Starts building a breaker. The defaults: trip when half of the last 100 calls failed
+    /// (after at least 20 calls), stay open 5 s (up to 10% less, at random), then let 1 probe
+    /// through and close if it succeeds; give up on a half-open probe after 30 s.
+    pub fn builder() -> CircuitBreakerLayerBuilder {
+        CircuitBreakerLayerBuilder::default()
+    }
+}
+
+impl<C> CircuitBreakerLayer<C> {
+    /// A handle on the breaker: state, metrics, manual overrides.
+    pub fn handle(&self) -> Handle {
+        Handle::new(Arc::clone(&self.shared))
+    }
+}
+
+impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
+    type Service = CircuitBreaker<S, C>;
+
+    fn layer(&self, inner: S) -> CircuitBreaker<S, C> {
+        CircuitBreaker::new(
+            inner,
+            Arc::clone(&self.shared),
+            self.classifier.clone(),
+            self.backpressure,
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TripSetting {
+    Consecutive(u32),
+    Rate { rate: f64, calls: u64 },
+}
+
+/// Builder of [`CircuitBreakerLayer`]. Every setting is checked by [`build`](Self::build).
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct CircuitBreakerLayerBuilder<C = AnyErrorIsFailure> {
+    trip: TripSetting,
+    min_calls: u64,
+    probes: u32,
+    probe_success_ratio: f64,
+    open: OpenDuration,
+    jitter: f64,
+    half_open_max_wait: Duration,
+    name: Option<Arc<str>>,
+    listener: Option<Listener>,
+    classifier: C,
+    backpressure: bool,
+    seed: Option<u64>,
+    stripes: Option<usize>,
+}
+
+impl Default for CircuitBreakerLayerBuilder {
+    fn default() -> Self {
+        CircuitBreakerLayerBuilder {
+            trip: TripSetting::Rate {
+                rate: 0.5,
+                calls: 100,
+            },
+            min_calls: 20,
+            probes: 1,
+            probe_success_ratio: 1.0,
+            open: OpenDuration::Fixed(Duration::from_secs(5)),
+            jitter: 0.1,
+            half_open_max_wait: Duration::from_secs(30),
+            name: None,
+            listener: None,
+            classifier: AnyErrorIsFailure,
+            backpressure: false,
+            seed: None,
+            stripes: None,
+        }
+    }
+}
+
+impl<C> fmt::Debug for CircuitBreakerLayerBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerLayerBuilder")
+            .field("trip", &self.trip)
+            .field("min_calls", &self.min_calls)
+            .field("probes", &self.probes)
+            .field("open", &self.open)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> CircuitBreakerLayerBuilder<C> {
+    /// Trip after `failures` failures in a row (no success between them). At least 1.
+    pub fn consecutive_failures(mut self, failures: u32) -> Self {
+        self.trip = TripSetting::Consecutive(failures);
+        self
+    }
+
+    /// Trip when at least `rate` of the last `calls` calls failed. `rate` in (0, 1]; `calls`
+    /// from 1 to 1,000,000. The window slides call by call; memory is
+    /// `8 * ceil(rate * calls)` bytes.
+    pub fn failure_rate(mut self, rate: f64, calls: u64) -> Self {
+        self.trip = TripSetting::Rate { rate, calls };
+        self
+    }
+
+    /// With [`failure_rate`](Self::failure_rate): calls that must have been made since the
+    /// breaker closed before the rate is evaluated, so that 1 failure out of 1 call does not
+    /// trip. At least 1; default 20.
+    pub fn min_calls(mut self, calls: u64) -> Self {
+        self.min_calls = calls;
+        self
+    }
+
+    /// Probe calls let through in half-open, from 1 to 1024; default 1. Never more are
+    /// admitted at once, under any interleaving.
+    pub fn half_open_probes(mut self, probes: u32) -> Self {
+        self.probes = probes;
+        self
+    }
+
+    /// The share of probes that must succeed to close, in (0, 1]; default 1 (all of them).
+    /// The breaker reopens as soon as too many probes failed for the rest to be enough.
+    pub fn probe_success_ratio(mut self, ratio: f64) -> Self {
+        self.probe_success_ratio = ratio;
+        self
+    }
+
+    /// Stay open this long after every trip (before jitter). Greater than zero; default 5 s.
+    pub fn open_duration(mut self, duration: Duration) -> Self {
+        self.open = OpenDuration::Fixed(duration);
+        self
+    }
+
+    /// Stay open `initial` after a first trip, `multiplier` times longer after each trip that
+    /// follows without a clean close, at most `max`. `initial` > 0, `multiplier` >= 1 and
+    /// finite, `max` >= `initial`.
+    pub fn open_duration_exponential(
+        mut self,
+        initial: Duration,
+        multiplier: f64,
+        max: Duration,
+    ) -> Self {
+        self.open = OpenDuration::Exponential {
+            initial,
+            multiplier,
+            max,
+        };
+        self
+    }
+
+    /// Shorten each open period by a random fraction in `[0, jitter)`, so that many clients
+    /// that tripped together do not probe together. In [0, 1); default 0.1. Jitter only
+    /// shortens, so the configured duration (or cap) is never exceeded.
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
+    /// If half-open probes were sent and none finished within this time (counted from the
+    /// start of half-open), open again. Greater than zero; default 30 s.
+    pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
+        self.half_open_max_wait = wait;
+        self
+    }
+
+    /// A name for tracing events and the handle.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Called, on the thread that made it, after every change of state.
+    pub fn on_transition(
+        mut self,
+        listener: impl Fn(&StateTransition) + Send + Sync + 'static,
+    ) -> Self {
+        self.listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// In backpressure mode, `poll_ready` reports `Pending` while the circuit is open and
+    /// wakes when probing may start, so that `tower::balance` or a buffer route around an open
+    /// endpoint. Off by default: `poll_ready` is ready and `call` fails fast with
+    /// [`CircuitOpen`](super::CircuitOpen).
+    pub fn backpressure(mut self, enabled: bool) -> Self {
+        self.backpressure = enabled;
+        self
+    }
+
+    /// Seeds the jitter, for reproducible tests. By default the seed is random.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// How many success counters (one cache line each) to spread service clones over, from 1
+    /// to 1024. Default: twice the available parallelism, so that threads using their own
+    /// clones rarely share one.
+    pub fn stripes(mut self, stripes: usize) -> Self {
+        self.stripes = Some(stripes);
+        self
+    }
+
+    /// Classify results with `classifier` instead of "any error is a failure".
+    pub fn classifier<D>(self, classifier: D) -> CircuitBreakerLayerBuilder<D> {
+        CircuitBreakerLayerBuilder {
+            trip: self.trip,
+            min_calls: self.min_calls,
+            probes: self.probes,
+            probe_success_ratio: self.probe_success_ratio,
+            open: self.open,
+            jitter: self.jitter,
+            half_open_max_wait: self.half_open_max_wait,
+            name: self.name,
+            listener: self.listener,
+            classifier,
+            backpressure: self.backpressure,
+            seed: self.seed,
+            stripes: self.stripes,
+        }
+    }
+
+    /// Checks every setting and builds the breaker.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid setting: zero consecutive failures, a window
+    /// of 0 calls, a rate or ratio outside (0, 1] or NaN, zero probes, a zero duration, a
+    /// multiplier below 1, an initial duration above the maximum, jitter outside [0, 1).
+    pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
+        let model = match self.trip {
+            TripSetting::Consecutive(0) => {
+                return Err(out_of_range("consecutive_failures", 0, "at least 1"));
+            }
+            TripSetting::Consecutive(failures) => Model::consecutive(failures),
+            TripSetting::Rate { rate, calls } => {
+                unit_interval(rate, "failure_rate")?;
+                if !(1..=1_000_000).contains(&calls) {
+                    return Err(out_of_range(
+                        "failure_rate",
+                        calls,
+                        "over 1 to 1,000,000 calls",
+                    ));
+                }
+                if self.min_calls == 0 {
+                    return Err(out_of_range("min_calls", 0, "at least 1"));
+                }
+                Model::rate(calls, rate, self.min_calls)
+            }
+        };
+        if !(1..=MAX_PROBES).contains(&self.probes) {
+            return Err(out_of_range(
+                "half_open_probes",
+                self.probes,
+                "from 1 to 1024",
+            ));
+        }
+        unit_interval(self.probe_success_ratio, "probe_success_ratio")?;
+        // The tolerance keeps, say, 2/3 of 3 probes at 2.
+        let probes_to_close = ((self.probe_success_ratio * f64::from(self.probes)) - 1e-9)
+            .ceil()
+            .clamp(1.0, f64::from(self.probes)) as u32;
+        match self.open {
+            OpenDuration::Fixed(duration) => positive(duration, "open_duration")?,
+            OpenDuration::Exponential {
+                initial,
+                multiplier,
+                max,
+            } => {
+                positive(initial, "open_duration_exponential")?;
+                if !(multiplier.is_finite() && multiplier >= 1.0) {
+                    return Err(out_of_range(
+                        "open_duration_exponential",
+                        multiplier,
+                        "a multiplier of at least 1",
+                    ));
+                }
+                positive(max, "open_duration_exponential")?;
+                if initial > max {
+                    return Err(ConfigError::MinAboveMax {
+                        layer: LAYER,
+                        min_setting: "open_duration_exponential (initial)",
+                        max_setting: "open_duration_exponential (max)",
+                    });
+                }
+            }
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(out_of_range("jitter", self.jitter, "in [0, 1)"));
+        }
+        positive(self.half_open_max_wait, "half_open_max_wait")?;
+        let stripes = match self.stripes {
+            Some(stripes) if !(1..=1024).contains(&stripes) => {
+                return Err(out_of_range("stripes", stripes, "from 1 to 1024"));
+            }
+            Some(stripes) => stripes,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+        };
+        let seed = self
+            .seed
+            .unwrap_or_else(|| RandomState::new().build_hasher().finish());
+
+        let shared = Shared::new(
+            StateMachine::new(self.probes, probes_to_close),
+            Window::new(model, stripes),
+            Timing {
+                open: self.open,
+                jitter: self.jitter,
+                half_open_max_wait: self.half_open_max_wait,
+            },
+            self.name,
+            self.listener,
+            seed,
+        );
+        Ok(CircuitBreakerLayer {
+            shared: Arc::new(shared),
+            classifier: self.classifier,
+            backpressure: self.backpressure,
+        })
+    }
+}
+
+fn out_of_range(
+    setting: &'static str,
+    value: impl fmt::Display,
+    expected: &'static str,
+) -> ConfigError {
+    ConfigError::OutOfRange {
+        layer: LAYER,
+        setting,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+fn unit_interval(value: f64, setting: &'static str) -> Result<(), ConfigError> {
+    // NaN fails the comparison, so it is rejected too.
+    if value > 0.0 && value <= 1.0 {
+        Ok(())
+    } else {
+        Err(out_of_range(setting, value, "in (0, 1]"))
+    }
+}
+
+/// The longest duration accepted: far beyond any sensible setting, and small enough that
+/// adding it to the current instant can never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn positive(duration: Duration, setting: &'static str) -> Result<(), ConfigError> {
+    if duration.is_zero() {
+        Err(ConfigError::ZeroDuration {
+            layer: LAYER,
+            setting,
+        })
+    } else if duration > MAX_DURATION {
+        Err(out_of_range(
+            setting,
+            format!("{duration:?}"),
+            "at most 365 days",
+        ))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,320 @@
+//! One breaker's shared state: the lock-free [`StateMachine`] and [`Window`], plus the parts
+//! that need time and tokio, which `state.rs` and `window.rs` stay free of: how long to stay
+//! open, the timer that ends the open period, the listener and the tracing events.
+//!
+//! Only the thread that made a transition (won its compare-and-swap) runs the code here for
+//! it, so nothing in this file races with itself for the same transition.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use tokio::sync::Notify;
+
+use super::error::{CircuitOpen, Reason};
+use super::handle::{State, StateTransition, TransitionReason};
+use super::state::{Phase, StateMachine, Transition};
+use super::window::Window;
+use crate::clock::{self, Instant};
+use crate::sync::{AtomicU64, Ordering};
+
+/// How long the breaker stays open after a trip.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum OpenDuration {
+    Fixed(Duration),
+    /// `initial * multiplier^(trips - 1)`, at most `max`, over consecutive trips.
+    Exponential {
+        initial: Duration,
+        multiplier: f64,
+        max: Duration,
+    },
+}
+
+/// A user callback for state transitions.
+pub(crate) type Listener = Arc<dyn Fn(&StateTransition) + Send + Sync>;
+
+/// Settings that shape behaviour after a trip, validated by the builder.
+pub(crate) struct Timing {
+    pub(crate) open: OpenDuration,
+    /// Fraction of the open duration removed at random, in [0, 1).
+    pub(crate) jitter: f64,
+    pub(crate) half_open_max_wait: Duration,
+}
+
+pub(crate) struct Shared {
+    pub(crate) state: StateMachine,
+    pub(crate) window: Window,
+    timing: Timing,
+    name: Option<Arc<str>>,
+    listener: Option<Listener>,
+    /// Time zero for the instants kept below as nanoseconds in atomics.
+    origin: Instant,
+    /// When the current open period ends (nanoseconds since `origin`).
+    open_until: AtomicU64,
+    /// When the current phase began (nanoseconds since `origin`).
+    phase_since: AtomicU64,
+    /// Trips since the breaker last closed, for exponential open durations.
+    consecutive_trips: AtomicU64,
+    /// Seeds for the jitter: each trip draws from a generator seeded with the next value.
+    jitter_seed: AtomicU64,
+    /// Which stripe the next service clone takes.
+    next_stripe: AtomicU64,
+    /// Wakes services waiting in `poll_ready` (backpressure mode) when calls may go again.
+    pub(crate) admitting: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .field("state", &self.state.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(
+        state: StateMachine,
+        window: Window,
+        timing: Timing,
+        name: Option<Arc<str>>,
+        listener: Option<Listener>,
+        seed: u64,
+    ) -> Shared {
+        Shared {
+            state,
+            window,
+            timing,
+            name,
+            listener,
+            origin: clock::now(),
+            open_until: AtomicU64::new(0),
+            phase_since: AtomicU64::new(0),
+            consecutive_trips: AtomicU64::new(0),
+            jitter_seed: AtomicU64::new(seed),
+            next_stripe: AtomicU64::new(0),
+            admitting: Arc::new(Notify::new()),
+        }
+    }
+
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The stripe for a new service clone, round robin.
+    pub(crate) fn take_stripe(&self) -> usize {
+        (self.next_stripe.fetch_add(1, Ordering::Relaxed) % self.window.stripes() as u64) as usize
+    }
+
+    fn nanos_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn instant_at(&self, nanos: u64) -> Instant {
+        self.origin + Duration::from_nanos(nanos)
+    }
+
+    pub(crate) fn open_until(&self) -> Instant {
+        self.instant_at(self.open_until.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn phase_since(&self) -> Instant {
+        self.instant_at(self.phase_since.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn consecutive_trips(&self) -> u64 {
+        self.consecutive_trips.load(Ordering::Relaxed)
+    }
+
+    /// The error for a call rejected in `phase`.
+    pub(crate) fn rejection(&self, phase: Phase) -> CircuitOpen {
+        match phase {
+            Phase::ForcedOpen => CircuitOpen::new(Reason::ForcedOpen, None),
+            Phase::HalfOpen => CircuitOpen::new(Reason::ProbesInFlight, None),
+            // A load, no clock read: the hint is measured when the caller asks for it.
+            _ => CircuitOpen::new(Reason::Open, Some(self.open_until())),
+        }
+    }
+
+    /// For a breaker open with no timer: if the open period is over, start probing.
+    /// Returns whether the state moved.
+    pub(crate) fn end_untimed_open(self: &Arc<Self>, generation: u32) -> bool {
+        if clock::now() < self.open_until() {
+            return false;
+        }
+        match self.state.open_elapsed(generation) {
+            Some(transition) => {
+                self.after(transition, TransitionReason::OpenElapsed);
+                true
+            }
+            None => true, // someone else moved it
+        }
+    }
+
+    /// Everything that follows a transition, run by the thread that made it.
+    pub(crate) fn after(self: &Arc<Self>, transition: Transition, reason: TransitionReason) {
+        let now = clock::now();
+        self.phase_since
+            .store(self.nanos_at(now), Ordering::Release);
+        match transition.to {
+            Phase::Open => {
+                let trips = self.consecutive_trips.fetch_add(1, Ordering::Relaxed) + 1;
+                let until = now + self.open_duration(trips);
+                self.open_until
+                    .store(self.nanos_at(until), Ordering::Release);
+                self.arm_open_timer(transition.generation, until);
+            }
+            Phase::Closed => {
+                self.window.start_cycle(transition.generation);
+                // A clean close (probes succeeded, or a reset) starts the backoff over.
+                self.consecutive_trips.store(0, Ordering::Relaxed);
+            }
+            Phase::HalfOpen | Phase::ForcedOpen | Phase::Disabled | Phase::OpenUntimed => {}
+        }
+        if matches!(
+            transition.to,
+            Phase::Closed | Phase::HalfOpen | Phase::Disabled
+        ) {
+            self.admitting.notify_waiters();
+        }
+        self.report(transition, reason, now);
+    }
+
+    fn report(&self, transition: Transition, reason: TransitionReason, at: Instant) {
+        let event = StateTransition {
+            from: State::from(transition.from),
+            to: State::from(transition.to),
+            reason,
+            at,
+        };
+        let name = self.name().unwrap_or("");
+        match event.to {
+            State::Open | State::ForcedOpen => tracing::warn!(
+                breaker = name,
+                from = ?event.from,
+                to = ?event.to,
+                reason = ?event.reason,
+                "circuit breaker opened"
+            ),
+            _ => tracing::info!(
+                breaker = name,
+                from = ?event.from,
+                to = ?event.to,
+                reason = ?event.reason,
+                "circuit breaker state changed"
+            ),
+        }
+        if let Some(listener) = &self.listener {
+            listener(&event);
+        }
+    }
+
+    fn open_duration(&self, trips: u64) -> Duration {
+        let base = match self.timing.open {
+            OpenDuration::Fixed(duration) => duration,
+            OpenDuration::Exponential {
+                initial,
+                multiplier,
+                max,
+            } => {
+                let exponent = i32::try_from(trips.saturating_sub(1)).unwrap_or(i32::MAX);
+                let scaled = initial.as_secs_f64() * multiplier.powi(exponent);
+                if scaled.is_finite() && scaled < max.as_secs_f64() {
+                    Duration::from_secs_f64(scaled)
+                } else {
+                    max
+                }
+            }
+        };
+        if self.timing.jitter == 0.0 {
+            return base;
+        }
+        // Jitter only shortens, so the configured duration (and cap) is never exceeded.
+        let seed = self
+            .jitter_seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        let cut = SmallRng::seed_from_u64(seed).random_range(0.0..self.timing.jitter);
+        base.mul_f64(1.0 - cut)
+    }
+
+    /// Ends open cycle `generation` at `until` with a tokio timer, so that admission never
+    /// has to read the clock. Without a runtime, admission checks the clock instead.
+    fn arm_open_timer(self: &Arc<Self>, generation: u32, until: Instant) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(open_timer(
+                    Arc::downgrade(self),
+                    generation,
+                    until,
+                    self.timing.half_open_max_wait,
+                ));
+            }
+            Err(_) => self.state.mark_untimed(generation),
+        }
+    }
+}
+
+/// If the timer task is dropped before it fires (its runtime shut down), the breaker would
+/// stay open forever; this guard hands the job to the clock check in admission instead.
+struct FallBackToClock {
+    shared: Weak<Shared>,
+    generation: u32,
+    armed: bool,
+}
+
+impl Drop for FallBackToClock {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(shared) = self.shared.upgrade()
+        {
+            shared.state.mark_untimed(self.generation);
+        }
+    }
+}
+
+/// The life of one open period: wait it out, move to half-open, then watch for probes that
+/// hang. Holds the breaker weakly, so a dropped breaker ends the task at its next wake-up.
+async fn open_timer(
+    shared: Weak<Shared>,
+    generation: u32,
+    until: Instant,
+    half_open_max_wait: Duration,
+) {
+    let mut fallback = FallBackToClock {
+        shared: shared.clone(),
+        generation,
+        armed: true,
+    };
+    tokio::time::sleep_until(until).await;
+    fallback.armed = false;
+
+    let half_open = {
+        let Some(breaker) = shared.upgrade() else {
+            return;
+        };
+        let Some(transition) = breaker.state.open_elapsed(generation) else {
+            return; // forced, reset, or ended by the clock check meanwhile
+        };
+        breaker.after(transition, TransitionReason::OpenElapsed);
+        transition.generation
+    };
+
+    // "No probe finished for too long" is checked every `half_open_max_wait` while this
+    // half-open cycle lasts; with no traffic it keeps waiting, since no probe was sent.
+    loop {
+        tokio::time::sleep(half_open_max_wait).await;
+        let Some(breaker) = shared.upgrade() else {
+            return;
+        };
+        let now = breaker.state.snapshot();
+        if now.phase != Phase::HalfOpen || now.generation != half_open {
+            return;
+        }
+        if let Some(transition) = breaker.state.half_open_stalled(half_open) {
+            // Reopening arms a new timer task for the new open period.
+            breaker.after(transition, TransitionReason::HalfOpenStalled);
+            return;
+        }
+    }
+}
