@@ -6,9 +6,14 @@
 //! use tower_firebreak::ServiceBuilderExt;
 //! use tower_firebreak::error::BoxError;
 //!
+//! use tower_firebreak::circuit_breaker::CircuitBreakerLayer;
+//!
 //! # fn main() -> Result<(), tower_firebreak::error::ConfigError> {
+//! let breaker = CircuitBreakerLayer::builder().consecutive_failures(5).build()?;
+//! let handle = breaker.handle(); // for metrics and manual overrides
 //! let svc = ServiceBuilder::new()
 //!     .deadline(Duration::from_secs(2))?
+//!     .circuit_breaker(breaker)
 //!     .timeout_attempt(Duration::from_millis(300))?
 //!     .service(service_fn(|x: u32| async move { Ok::<_, BoxError>(x) }));
 //! # let _ = svc;
@@ -26,6 +31,7 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 use tower::layer::util::Stack;
 
+use crate::circuit_breaker::CircuitBreakerLayer;
 use crate::error::ConfigError;
 use crate::timeout::{DeadlineLayer, TimeoutLayer};
 
@@ -57,6 +63,14 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         timeout: Duration,
     ) -> Result<ServiceBuilder<Stack<TimeoutLayer, L>>, ConfigError>;
+
+    /// Puts calls behind the circuit breaker `layer`, built (and checked) with
+    /// [`CircuitBreakerLayer::builder`]. Takes the layer rather than its settings so that you
+    /// can keep its [`handle`](CircuitBreakerLayer::handle).
+    fn circuit_breaker<C>(
+        self,
+        layer: CircuitBreakerLayer<C>,
+    ) -> ServiceBuilder<Stack<CircuitBreakerLayer<C>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -72,5 +86,12 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         timeout: Duration,
     ) -> Result<ServiceBuilder<Stack<TimeoutLayer, L>>, ConfigError> {
         Ok(self.layer(TimeoutLayer::new(timeout)?))
+    }
+
+    fn circuit_breaker<C>(
+        self,
+        layer: CircuitBreakerLayer<C>,
+    ) -> ServiceBuilder<Stack<CircuitBreakerLayer<C>, L>> {
+        self.layer(layer)
     }
 }

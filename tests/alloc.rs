@@ -11,8 +11,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
-use tower::{Service, ServiceBuilder};
+use tower::{Layer, Service, ServiceBuilder};
 use tower_firebreak::ServiceBuilderExt;
+use tower_firebreak::circuit_breaker::{CircuitBreakerLayer, Outcome, State};
 use tower_firebreak::error::BoxError;
 use tower_firebreak::timeout::deadline;
 
@@ -61,6 +62,18 @@ impl Service<u64> for Slow {
     }
 }
 
+/// Calls `svc` and polls the response to completion with a no-op waker, whatever the result;
+/// returns the number of allocations made from `call` to completion, dropping included.
+fn allocations_per_call_any<S: Service<u64>>(svc: &mut S, request: u64) -> usize {
+    let mut cx = Context::from_waker(Waker::noop());
+    let region = Region::new(GLOBAL);
+    {
+        let mut response = pin!(svc.call(request));
+        while response.as_mut().poll(&mut cx).is_pending() {}
+    }
+    region.change().allocations
+}
+
 /// Calls `svc` and polls the response to completion with a no-op waker; returns the number
 /// of allocations made from `call` to completion.
 fn allocations_per_call<S>(svc: &mut S, request: u64) -> usize
@@ -81,10 +94,41 @@ where
     allocations
 }
 
+/// Fails every `n`-th call.
+#[derive(Clone)]
+struct FailsEvery(u64);
+impl Service<u64> for FailsEvery {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u64, BoxError>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, x: u64) -> Self::Future {
+        if x.is_multiple_of(self.0) {
+            std::future::ready(Err(Box::new(StaticError) as BoxError))
+        } else {
+            std::future::ready(Ok(x))
+        }
+    }
+}
+
+/// A zero-sized error: boxing it does not allocate, so only the breaker's allocations count.
+#[derive(Debug)]
+struct StaticError;
+impl std::fmt::Display for StaticError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed")
+    }
+}
+impl std::error::Error for StaticError {}
+
 #[test]
 fn no_layer_allocates_per_call() {
+    // Paused, so the circuit breaker's open period can be ended by advancing time.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .start_paused(true)
         .build()
         .unwrap();
     let _context = runtime.enter();
@@ -136,6 +180,73 @@ fn no_layer_allocates_per_call() {
             allocations_per_call(&mut stack_pending, request),
             0,
             "deadline + timeout, pending"
+        );
+    }
+
+    // The circuit breaker, closed: successes, and failures that do not trip it.
+    let breaker = CircuitBreakerLayer::builder()
+        .failure_rate(0.5, 100)
+        .build()
+        .unwrap();
+    let mut closed_ok = breaker.layer(Ready);
+    let mut closed_some_failures = breaker.layer(FailsEvery(10));
+    allocations_per_call(&mut closed_ok, 1);
+    allocations_per_call_any(&mut closed_some_failures, 10);
+    for request in 1..=100 {
+        assert_eq!(
+            allocations_per_call(&mut closed_ok, request),
+            0,
+            "breaker, closed"
+        );
+        assert_eq!(
+            allocations_per_call_any(&mut closed_some_failures, request),
+            0,
+            "breaker, closed, 10% failures"
+        );
+    }
+    assert_eq!(breaker.handle().state(), State::Closed);
+
+    // Half-open: trip it, let the open period pass, then probe. Probes classified as ignored
+    // give their slot back, so the breaker stays half-open for the whole measurement.
+    let probing = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(1))
+        .jitter(0.0)
+        .half_open_probes(2)
+        .classifier(|result: &Result<u64, BoxError>| match result {
+            Ok(_) => Outcome::Ignored,
+            Err(_) => Outcome::Failure,
+        })
+        .build()
+        .unwrap();
+    let mut tripping = probing.layer(FailsEvery(1));
+    let mut probe = probing.layer(Ready);
+    allocations_per_call_any(&mut tripping, 1);
+    runtime.block_on(async {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert_eq!(probing.handle().state(), State::HalfOpen);
+    for request in 1..=100 {
+        assert_eq!(
+            allocations_per_call(&mut probe, request),
+            0,
+            "breaker, half-open probe"
+        );
+    }
+    assert_eq!(probing.handle().state(), State::HalfOpen);
+
+    // Open: the only allocation is the boxed `CircuitOpen` the call returns.
+    let open = CircuitBreakerLayer::builder().build().unwrap();
+    let mut rejecting = open.layer(Ready);
+    open.handle().force_open();
+    for request in 1..=100 {
+        assert_eq!(
+            allocations_per_call_any(&mut rejecting, request),
+            1,
+            "breaker, open"
         );
     }
 

@@ -83,3 +83,39 @@ fn a_very_long_source_chain_is_cut_off_not_followed_forever() {
     }
     assert_eq!(ErrorKind::of(&*err), ErrorKind::Inner);
 }
+
+#[tokio::test(start_paused = true)]
+async fn circuit_open_has_its_kind_and_its_retry_after_hint_under_wrappers() {
+    use tower::Layer;
+    use tower_firebreak::circuit_breaker::{CircuitBreakerLayer, CircuitOpen};
+
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .open_duration(Duration::from_secs(30))
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let svc = layer.layer(service_fn(|()| async {
+        Err::<(), BoxError>("down".into())
+    }));
+    svc.clone().oneshot(()).await.unwrap_err();
+    tokio::time::advance(Duration::from_secs(10)).await;
+
+    let open = svc.oneshot(()).await.unwrap_err();
+    assert!(open.is::<CircuitOpen>());
+    assert_eq!(ErrorKind::of(&*open), ErrorKind::CircuitOpen);
+    assert_eq!(
+        ErrorKind::retry_after(&*open),
+        Some(Duration::from_secs(20))
+    );
+
+    let wrapped = Wrapped(open);
+    assert_eq!(ErrorKind::of(&wrapped), ErrorKind::CircuitOpen);
+    assert_eq!(
+        ErrorKind::retry_after(&wrapped),
+        Some(Duration::from_secs(20))
+    );
+
+    // Errors that carry no hint have none.
+    assert_eq!(ErrorKind::retry_after(&*timed_out().await), None);
+}

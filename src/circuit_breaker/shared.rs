@@ -275,20 +275,29 @@ impl Drop for FallBackToClock {
 
 /// The life of one open period: wait it out, move to half-open, then watch for probes that
 /// hang. Holds the breaker weakly, so a dropped breaker ends the task at its next wake-up.
-async fn open_timer(
+///
+/// The fallback guard is made here, outside the `async` block, so that it is dropped (and
+/// does its job) even if the task is dropped before its first poll.
+fn open_timer(
     shared: Weak<Shared>,
     generation: u32,
     until: Instant,
     half_open_max_wait: Duration,
-) {
-    let mut fallback = FallBackToClock {
+) -> impl Future<Output = ()> + Send + 'static {
+    let fallback = FallBackToClock {
         shared: shared.clone(),
         generation,
         armed: true,
     };
-    tokio::time::sleep_until(until).await;
-    fallback.armed = false;
+    async move {
+        let mut fallback = fallback;
+        tokio::time::sleep_until(until).await;
+        fallback.armed = false;
+        watch_half_open(shared, generation, half_open_max_wait).await;
+    }
+}
 
+async fn watch_half_open(shared: Weak<Shared>, generation: u32, half_open_max_wait: Duration) {
     let half_open = {
         let Some(breaker) = shared.upgrade() else {
             return;
