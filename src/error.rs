@@ -158,6 +158,16 @@ pub enum ConfigError {
         /// The accepted range, such as `"in (0, 1]"`.
         expected: &'static str,
     },
+    /// Two settings that cannot be used together.
+    #[error("{layer}: `{setting}` cannot be used with `{other}`")]
+    Incompatible {
+        /// The layer being built.
+        layer: &'static str,
+        /// The setting that was refused.
+        setting: &'static str,
+        /// The setting it conflicts with.
+        other: &'static str,
+    },
     /// A lower bound set above its upper bound.
     #[error("{layer}: `{min_setting}` must not be greater than `{max_setting}`")]
     MinAboveMax {

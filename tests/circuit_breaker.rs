@@ -30,6 +30,8 @@ enum Mode {
     Succeed,
     Fail,
     Hang,
+    /// Succeeds after two (virtual) seconds.
+    Slow,
 }
 
 impl Dependency {
@@ -54,6 +56,10 @@ impl Dependency {
                     Mode::Succeed => Ok(x),
                     Mode::Fail => Err::<u32, BoxError>("dependency failed".into()),
                     Mode::Hang => pending().await,
+                    Mode::Slow => {
+                        tokio::time::sleep(2 * SECOND).await;
+                        Ok(x)
+                    }
                 }
             }
         })
@@ -782,12 +788,290 @@ fn every_invalid_setting_is_a_config_error() {
             b().half_open_max_wait(Duration::ZERO).build().unwrap_err(),
         ),
         ("stripes", b().stripes(0).build().unwrap_err()),
+        (
+            "time_window",
+            b().time_window(0.0, SECOND, 10).build().unwrap_err(),
+        ),
+        (
+            "time_window",
+            b().time_window(f64::NAN, SECOND, 10).build().unwrap_err(),
+        ),
+        (
+            "time_window",
+            b().time_window(0.5, Duration::ZERO, 10)
+                .build()
+                .unwrap_err(),
+        ),
+        (
+            "time_window",
+            b().time_window(0.5, SECOND, 0).build().unwrap_err(),
+        ),
+        (
+            "time_window",
+            b().time_window(0.5, 10 * SECOND, 1025).build().unwrap_err(),
+        ),
+        (
+            "time_window",
+            b().time_window(0.5, 5 * MS, 10).build().unwrap_err(),
+        ),
+        (
+            "min_calls",
+            b().time_window(0.5, SECOND, 10)
+                .min_calls(0)
+                .build()
+                .unwrap_err(),
+        ),
+        (
+            "slow_calls",
+            b().slow_calls(Duration::ZERO, 0.5).build().unwrap_err(),
+        ),
+        (
+            "slow_calls",
+            b().slow_calls(SECOND, 0.0).build().unwrap_err(),
+        ),
+        (
+            "slow_calls",
+            b().slow_calls(SECOND, f64::NAN).build().unwrap_err(),
+        ),
     ];
     for (setting, err) in cases {
         assert_eq!(range(err.clone()), setting, "{err}");
     }
     assert_eq!(
+        b().consecutive_failures(3)
+            .slow_calls(SECOND, 0.5)
+            .build()
+            .unwrap_err(),
+        ConfigError::Incompatible {
+            layer: "CircuitBreakerLayer",
+            setting: "slow_calls",
+            other: "consecutive_failures",
+        }
+    );
+    assert_eq!(
         b().failure_rate(1.5, 10).build().unwrap_err().to_string(),
         "CircuitBreakerLayer: `failure_rate` is 1.5, but must be in (0, 1]"
+    );
+}
+
+/// A time window of 10 s in 1 s buckets: 50% of its calls, at least `min_calls` of them.
+fn time_window(min_calls: u64) -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder()
+        .time_window(0.5, 10 * SECOND, 10)
+        .min_calls(min_calls)
+        .open_duration(SECOND)
+        .jitter(0.0)
+        .build()
+        .unwrap()
+}
+
+/// Moves virtual time forward and lets the window's timer task catch up.
+async fn pass(duration: Duration) {
+    advance(duration).await;
+    settle().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_time_window_forgets_calls_older_than_the_window() {
+    let dep = Dependency::default();
+    let layer = time_window(10);
+    let handle = layer.handle();
+    let mut svc = layer.layer(dep.service());
+
+    // t = 0: 6 failures (under min_calls). t = 5 s: 10 successes, 6 of 16 failed.
+    dep.set(Mode::Fail);
+    for _ in 0..6 {
+        call(&mut svc, 1).await.unwrap_err();
+    }
+    pass(5 * SECOND).await;
+    dep.set(Mode::Succeed);
+    for _ in 0..10 {
+        call(&mut svc, 1).await.unwrap();
+    }
+    assert_eq!(handle.metrics().window_failures, 6);
+
+    // t = 10.5 s: the first bucket has left the window, the 6 failures with it.
+    pass(5 * SECOND + 500 * MS).await;
+    let metrics = handle.metrics();
+    assert_eq!((metrics.window_calls, metrics.window_failures), (10, 0));
+    assert_eq!(
+        (metrics.successes, metrics.failures),
+        (10, 6),
+        "totals are kept"
+    );
+
+    // Had they stayed, 4 more failures would make 10 of 20. Only 10 of 20 new ones trip.
+    dep.set(Mode::Fail);
+    for _ in 0..9 {
+        call(&mut svc, 1).await.unwrap_err();
+    }
+    assert_eq!(handle.state(), State::Closed);
+    call(&mut svc, 1).await.unwrap_err();
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_time_window_keeps_a_call_between_nine_tenths_of_its_length_and_all_of_it() {
+    let dep = Dependency::default();
+    let layer = time_window(1_000);
+    let handle = layer.handle();
+    let mut svc = layer.layer(dep.service());
+    dep.set(Mode::Fail);
+
+    // A failure at the very start of a bucket stays for the whole window...
+    call(&mut svc, 1).await.unwrap_err();
+    pass(10 * SECOND - MS).await;
+    assert_eq!(handle.metrics().window_failures, 1);
+    pass(MS).await;
+    assert_eq!(handle.metrics().window_failures, 0);
+
+    // ...and one at the very end of a bucket for nine tenths of it (the documented bound).
+    pass(SECOND - MS).await;
+    call(&mut svc, 1).await.unwrap_err();
+    pass(9 * SECOND).await;
+    assert_eq!(handle.metrics().window_failures, 1);
+    pass(MS).await;
+    assert_eq!(handle.metrics().window_failures, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_time_window_starts_clean_after_a_long_idle_period_and_after_a_close() {
+    let dep = Dependency::default();
+    let layer = time_window(4);
+    let handle = layer.handle();
+    let mut svc = layer.layer(dep.service());
+
+    dep.set(Mode::Fail);
+    call(&mut svc, 1).await.unwrap_err();
+    dep.set(Mode::Succeed);
+    call(&mut svc, 1).await.unwrap();
+    // An hour with no calls: the window's timer stops once the window is empty...
+    pass(Duration::from_secs(3600)).await;
+    assert_eq!(handle.metrics().window_calls, 0);
+    // ...and the next call starts it again, counting in the bucket of now.
+    dep.set(Mode::Fail);
+    for _ in 0..3 {
+        call(&mut svc, 1).await.unwrap_err();
+    }
+    assert_eq!(handle.metrics().window_calls, 3);
+    call(&mut svc, 1).await.unwrap_err();
+    assert_eq!(handle.state(), State::Open);
+
+    // Probe succeeds: closed, with an empty window although the failures are 1 s old.
+    pass(SECOND).await;
+    dep.set(Mode::Succeed);
+    call(&mut svc, 1).await.unwrap();
+    assert_eq!(handle.state(), State::Closed);
+    let metrics = handle.metrics();
+    assert_eq!((metrics.window_calls, metrics.window_failures), (0, 0));
+    assert_eq!(metrics.failures, 5);
+}
+
+fn transitions_into(
+    log: &Arc<Mutex<Vec<TransitionReason>>>,
+) -> impl Fn(&StateTransition) + Send + Sync + 'static {
+    let log = Arc::clone(log);
+    move |event: &StateTransition| log.lock().unwrap().push(event.reason)
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_trip_a_time_window() {
+    let dep = Dependency::default();
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let layer = CircuitBreakerLayer::builder()
+        .time_window(0.5, 60 * SECOND, 6)
+        .slow_calls(SECOND, 0.5)
+        .min_calls(4)
+        .jitter(0.0)
+        .on_transition(transitions_into(&reasons))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dep.service());
+
+    for _ in 0..4 {
+        call(&mut svc, 1).await.unwrap();
+    }
+    dep.set(Mode::Slow);
+    for _ in 0..3 {
+        call(&mut svc, 1).await.unwrap(); // slow, but a success
+    }
+    let metrics = handle.metrics();
+    assert_eq!((metrics.window_calls, metrics.window_slow_calls), (7, 3));
+    assert_eq!(metrics.slow_call_rate(), Some(3.0 / 7.0));
+    assert_eq!(handle.state(), State::Closed);
+    call(&mut svc, 1).await.unwrap(); // 4 of 8
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(
+        *reasons.lock().unwrap(),
+        [TransitionReason::SlowCallThreshold]
+    );
+    assert_eq!(handle.metrics().slow_calls, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_trip_a_count_window() {
+    let dep = Dependency::default();
+    let layer = CircuitBreakerLayer::builder()
+        .failure_rate(0.5, 10)
+        .slow_calls(SECOND, 0.5)
+        .min_calls(4)
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dep.service());
+
+    for _ in 0..3 {
+        call(&mut svc, 1).await.unwrap();
+    }
+    dep.set(Mode::Slow);
+    for _ in 0..2 {
+        call(&mut svc, 1).await.unwrap();
+    }
+    assert_eq!(handle.state(), State::Closed, "2 of 5 slow");
+    call(&mut svc, 1).await.unwrap();
+    assert_eq!(handle.state(), State::Open, "3 of 6 slow");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_ready_at_once_is_never_slow_and_a_slow_probe_fails() {
+    let dep = Dependency::default();
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let layer = CircuitBreakerLayer::builder()
+        .failure_rate(0.5, 2)
+        .min_calls(2)
+        .slow_calls(Duration::from_nanos(1), 1.0)
+        .open_duration(SECOND)
+        .jitter(0.0)
+        .on_transition(transitions_into(&reasons))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(dep.service());
+
+    // Ready on the first poll: not slow, however small the threshold.
+    for _ in 0..10 {
+        call(&mut svc, 1).await.unwrap();
+    }
+    assert_eq!(handle.metrics().slow_calls, 0);
+
+    dep.set(Mode::Fail);
+    call(&mut svc, 1).await.unwrap_err();
+    call(&mut svc, 1).await.unwrap_err();
+    assert_eq!(handle.state(), State::Open);
+    pass(SECOND).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    // The probe succeeds, slowly: the dependency has not recovered.
+    dep.set(Mode::Slow);
+    call(&mut svc, 1).await.unwrap();
+    assert_eq!(handle.state(), State::Open);
+    assert_eq!(
+        *reasons.lock().unwrap(),
+        [
+            TransitionReason::FailureThreshold,
+            TransitionReason::OpenElapsed,
+            TransitionReason::ProbesFailed
+        ]
     );
 }

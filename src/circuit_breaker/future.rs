@@ -3,7 +3,8 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 
@@ -11,7 +12,9 @@ use super::Local;
 use super::error::CircuitOpen;
 use super::handle::TransitionReason;
 use super::layer::{Classify, Outcome};
+use super::shared::Shared;
 use super::state::Phase;
+use crate::clock::{self, Instant};
 use crate::error::BoxError;
 
 /// What a call was admitted as, and what it owes the breaker.
@@ -55,8 +58,17 @@ impl<C> Permit<C> {
         }
     }
 
-    /// Reports the call's result.
-    fn settle<T, E>(&mut self, result: &Result<T, E>)
+    /// The slow-call threshold, if this call's duration matters: it is tracked, and the
+    /// breaker watches for slow calls.
+    fn slow_threshold(&self) -> Option<Duration> {
+        match (&self.local, self.kind) {
+            (Some(local), Kind::Closed(_) | Kind::Probe(_)) => local.shared.slow_threshold(),
+            _ => None,
+        }
+    }
+
+    /// Reports the call's result, and whether it was slow.
+    fn settle<T, E>(&mut self, result: &Result<T, E>, slow: bool)
     where
         C: Classify<T, E>,
     {
@@ -66,19 +78,26 @@ impl<C> Permit<C> {
         let shared = &local.shared;
         match (kind, outcome) {
             (Kind::Settled, _) | (Kind::Closed(_), Outcome::Ignored) => {}
-            (Kind::Closed(_), Outcome::Success) => shared.window.record_success(local.stripe),
+            (Kind::Closed(generation), Outcome::Success) => {
+                shared.window.record_success(local.stripe);
+                if slow && shared.window.record_slow(generation) {
+                    trip(shared, generation, TransitionReason::SlowCallThreshold);
+                }
+            }
             (Kind::Closed(generation), Outcome::Failure) => {
-                if shared.window.record_failure(generation)
-                    && let Some(transition) = shared.state.trip(generation)
-                {
-                    shared.after(transition, TransitionReason::FailureThreshold);
+                if shared.window.record_failure(generation) {
+                    trip(shared, generation, TransitionReason::FailureThreshold);
+                }
+                if slow && shared.window.record_slow(generation) {
+                    trip(shared, generation, TransitionReason::SlowCallThreshold);
                 }
             }
             (Kind::Probe(generation), Outcome::Ignored) => {
                 shared.state.probe_abandoned(generation);
             }
             (Kind::Probe(generation), verdict) => {
-                let success = verdict == Outcome::Success;
+                // A slow probe fails: a dependency that only answers slowly has not recovered.
+                let success = verdict == Outcome::Success && !slow;
                 if let Some(transition) = shared.state.probe_finished(generation, success) {
                     let reason = if transition.to == Phase::Closed {
                         TransitionReason::ProbesSucceeded
@@ -89,6 +108,13 @@ impl<C> Permit<C> {
                 }
             }
         }
+    }
+}
+
+/// Opens closed cycle `generation`, unless another outcome already did.
+fn trip(shared: &Arc<Shared>, generation: u32, reason: TransitionReason) {
+    if let Some(transition) = shared.state.trip(generation) {
+        shared.after(transition, reason);
     }
 }
 
@@ -111,6 +137,8 @@ pin_project! {
         #[pin]
         state: CallState<F>,
         permit: Permit<C>,
+        // With slow-call detection: when the inner future first returned `Pending`.
+        started: Option<Instant>,
     }
 }
 
@@ -127,6 +155,7 @@ impl<F, C> ResponseFuture<F, C> {
         ResponseFuture {
             state: CallState::Called { inner },
             permit,
+            started: None,
         }
     }
 
@@ -134,6 +163,7 @@ impl<F, C> ResponseFuture<F, C> {
         ResponseFuture {
             state: CallState::Rejected { error: Some(error) },
             permit: Permit::untracked(),
+            started: None,
         }
     }
 }
@@ -153,11 +183,26 @@ where
                 let error = error.take().expect("polled after completion");
                 Poll::Ready(Err(Box::new(error)))
             }
-            CallStateProj::Called { inner } => {
-                let result = ready!(inner.poll(cx));
-                this.permit.settle(&result);
-                Poll::Ready(result.map_err(Into::into))
-            }
+            CallStateProj::Called { inner } => match inner.poll(cx) {
+                Poll::Pending => {
+                    // The clock is read only for a call that waits, and only if slow calls
+                    // are watched: a response ready on its first poll was not slow.
+                    if this.started.is_none() && this.permit.slow_threshold().is_some() {
+                        *this.started = Some(clock::now());
+                    }
+                    Poll::Pending
+                }
+                Poll::Ready(result) => {
+                    let slow = match (*this.started, this.permit.slow_threshold()) {
+                        (Some(started), Some(threshold)) => {
+                            clock::now().saturating_duration_since(started) >= threshold
+                        }
+                        _ => false,
+                    };
+                    this.permit.settle(&result, slow);
+                    Poll::Ready(result.map_err(Into::into))
+                }
+            },
         }
     }
 }

@@ -40,8 +40,11 @@ impl From<Phase> for State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TransitionReason {
-    /// The trip model's threshold was reached while closed.
+    /// The trip model's failure threshold was reached while closed.
     FailureThreshold,
+    /// The share of slow calls reached its threshold while closed (see
+    /// [`slow_calls`](super::CircuitBreakerLayerBuilder::slow_calls)).
+    SlowCallThreshold,
     /// Enough half-open probes succeeded.
     ProbesSucceeded,
     /// Too many half-open probes failed for the rest to be enough.
@@ -85,10 +88,17 @@ pub struct Metrics {
     pub successes: u64,
     /// Calls admitted while closed that failed, since the breaker was built.
     pub failures: u64,
+    /// Calls admitted while closed that were slower than the slow-call threshold, since the
+    /// breaker was built (successes and failures alike; always 0 without
+    /// [`slow_calls`](super::CircuitBreakerLayerBuilder::slow_calls)).
+    pub slow_calls: u64,
     /// Calls in the trip model's current window (for consecutive failures: the current run).
     pub window_calls: u64,
-    /// Failures among them.
+    /// Failures among them. For a count window (`failure_rate`), counted up to the number
+    /// that trips the breaker: the window remembers no more than that.
     pub window_failures: u64,
+    /// Slow calls among them, counted like `window_failures`.
+    pub window_slow_calls: u64,
     /// Trips since the breaker last closed cleanly (what grows an exponential open duration).
     pub consecutive_trips: u64,
     /// While open: how long until a probe is let through.
@@ -99,6 +109,11 @@ impl Metrics {
     /// The failure rate in the current window, if it holds any call.
     pub fn failure_rate(&self) -> Option<f64> {
         (self.window_calls > 0).then(|| self.window_failures as f64 / self.window_calls as f64)
+    }
+
+    /// The share of slow calls in the current window, if it holds any call.
+    pub fn slow_call_rate(&self) -> Option<f64> {
+        (self.window_calls > 0).then(|| self.window_slow_calls as f64 / self.window_calls as f64)
     }
 }
 
@@ -141,15 +156,17 @@ impl Handle {
     pub fn metrics(&self) -> Metrics {
         let now = clock::now();
         let snapshot = self.shared.state.snapshot();
-        let (window_calls, window_failures) = self.shared.window.in_window(snapshot.generation);
+        let window = self.shared.window.in_window(snapshot.generation);
         let state = State::from(snapshot.phase);
         Metrics {
             state,
             time_in_state: now.saturating_duration_since(self.shared.phase_since()),
             successes: self.shared.window.total_successes(),
             failures: self.shared.window.total_failures(),
-            window_calls,
-            window_failures,
+            slow_calls: self.shared.window.total_slow(),
+            window_calls: window.calls,
+            window_failures: window.failures,
+            window_slow_calls: window.slow,
             consecutive_trips: self.shared.consecutive_trips(),
             retry_after: (state == State::Open)
                 .then(|| self.shared.open_until().saturating_duration_since(now)),

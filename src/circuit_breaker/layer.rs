@@ -12,7 +12,7 @@ use super::CircuitBreaker;
 use super::handle::{Handle, StateTransition};
 use super::shared::{Listener, OpenDuration, Shared, Timing};
 use super::state::{MAX_PROBES, StateMachine};
-use super::window::{Model, Window};
+use super::window::{MAX_BUCKETS, Model, Window};
 use crate::error::ConfigError;
 
 const LAYER: &str = "CircuitBreakerLayer";
@@ -147,14 +147,26 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
 #[derive(Debug, Clone, Copy)]
 enum TripSetting {
     Consecutive(u32),
-    Rate { rate: f64, calls: u64 },
+    Rate {
+        rate: f64,
+        calls: u64,
+    },
+    Time {
+        rate: f64,
+        window: Duration,
+        buckets: u32,
+    },
 }
+
+/// The shortest bucket a time window may have: its timer fires once per bucket.
+const MIN_BUCKET: Duration = Duration::from_millis(1);
 
 /// Builder of [`CircuitBreakerLayer`]. Every setting is checked by [`build`](Self::build).
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct CircuitBreakerLayerBuilder<C = AnyErrorIsFailure> {
     trip: TripSetting,
     min_calls: u64,
+    slow_calls: Option<(Duration, f64)>,
     probes: u32,
     probe_success_ratio: f64,
     open: OpenDuration,
@@ -176,6 +188,7 @@ impl Default for CircuitBreakerLayerBuilder {
                 calls: 100,
             },
             min_calls: 20,
+            slow_calls: None,
             probes: 1,
             probe_success_ratio: 1.0,
             open: OpenDuration::Fixed(Duration::from_secs(5)),
@@ -218,9 +231,71 @@ impl<C> CircuitBreakerLayerBuilder<C> {
         self
     }
 
-    /// With [`failure_rate`](Self::failure_rate): calls that must have been made since the
-    /// breaker closed before the rate is evaluated, so that 1 failure out of 1 call does not
-    /// trip. At least 1; default 20.
+    /// Trip when at least `rate` of the calls that completed in the last `window` of time
+    /// failed. `rate` in (0, 1]; `window` greater than zero; `buckets` from 1 to 1024, each
+    /// at least 1 ms long.
+    ///
+    /// The window is kept as `buckets` buckets of `window / buckets` each, so it slides one
+    /// bucket at a time: at any moment it holds the current, partly elapsed bucket and the
+    /// `buckets - 1` before it, that is between `(buckets - 1) / buckets` of `window` and all
+    /// of it. More buckets make the edge sharper and cost memory: per service-clone stripe,
+    /// 128 bytes for every 16 buckets. A call adds to its bucket with one load and one
+    /// increment and reads no clock; a tokio timer moves to the next bucket (outside a tokio
+    /// runtime, the call path reads the clock instead).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_firebreak::circuit_breaker::CircuitBreakerLayer;
+    ///
+    /// // Half of the calls of the last 10 s (in 1 s buckets), once 20 calls were seen.
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .time_window(0.5, Duration::from_secs(10), 10)
+    ///     .min_calls(20)
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tower_firebreak::error::ConfigError>(())
+    /// ```
+    pub fn time_window(mut self, rate: f64, window: Duration, buckets: u32) -> Self {
+        self.trip = TripSetting::Time {
+            rate,
+            window,
+            buckets,
+        };
+        self
+    }
+
+    /// Also trip when at least `rate` of the calls in the window took `threshold` or longer,
+    /// failed or not: a dependency that answers too slowly is failing its callers too.
+    /// `threshold` greater than zero; `rate` in (0, 1]. Works with
+    /// [`failure_rate`](Self::failure_rate) and [`time_window`](Self::time_window) (and the
+    /// same [`min_calls`](Self::min_calls)); [`build`](Self::build) refuses it with
+    /// [`consecutive_failures`](Self::consecutive_failures). Off by default.
+    ///
+    /// A call's time is measured from its first poll that returns `Pending` to its
+    /// completion. A response that is ready on its first poll waited on nothing and is never
+    /// slow, and costs no clock read; a pending one costs two. In half-open, a slow probe
+    /// counts as a failed probe: a dependency that only answers slowly has not recovered.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_firebreak::circuit_breaker::CircuitBreakerLayer;
+    ///
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .time_window(0.5, Duration::from_secs(10), 10)
+    ///     .slow_calls(Duration::from_millis(800), 0.8) // 80% of calls slower than 800 ms
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tower_firebreak::error::ConfigError>(())
+    /// ```
+    pub fn slow_calls(mut self, threshold: Duration, rate: f64) -> Self {
+        self.slow_calls = Some((threshold, rate));
+        self
+    }
+
+    /// With [`failure_rate`](Self::failure_rate) or [`time_window`](Self::time_window): calls
+    /// that must be in the window (for a count window: made since the breaker closed) before
+    /// the rates are evaluated, so that 1 failure out of 1 call does not trip. At least 1;
+    /// default 20.
     pub fn min_calls(mut self, calls: u64) -> Self {
         self.min_calls = calls;
         self
@@ -321,6 +396,7 @@ impl<C> CircuitBreakerLayerBuilder<C> {
         CircuitBreakerLayerBuilder {
             trip: self.trip,
             min_calls: self.min_calls,
+            slow_calls: self.slow_calls,
             probes: self.probes,
             probe_success_ratio: self.probe_success_ratio,
             open: self.open,
@@ -340,12 +416,21 @@ impl<C> CircuitBreakerLayerBuilder<C> {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the first invalid setting: zero consecutive failures, a window
-    /// of 0 calls, a rate or ratio outside (0, 1] or NaN, zero probes, a zero duration, a
-    /// multiplier below 1, an initial duration above the maximum, jitter outside [0, 1).
+    /// of 0 calls or 0 time, too many or too short buckets, a rate or ratio outside (0, 1] or
+    /// NaN, slow calls with consecutive failures, zero probes, a zero duration, a multiplier
+    /// below 1, an initial duration above the maximum, jitter outside [0, 1).
     pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
+        let mut bucket_width = None;
         let model = match self.trip {
             TripSetting::Consecutive(0) => {
                 return Err(out_of_range("consecutive_failures", 0, "at least 1"));
+            }
+            TripSetting::Consecutive(_) if self.slow_calls.is_some() => {
+                return Err(ConfigError::Incompatible {
+                    layer: LAYER,
+                    setting: "slow_calls",
+                    other: "consecutive_failures",
+                });
             }
             TripSetting::Consecutive(failures) => Model::consecutive(failures),
             TripSetting::Rate { rate, calls } => {
@@ -357,11 +442,43 @@ impl<C> CircuitBreakerLayerBuilder<C> {
                         "over 1 to 1,000,000 calls",
                     ));
                 }
-                if self.min_calls == 0 {
-                    return Err(out_of_range("min_calls", 0, "at least 1"));
-                }
+                at_least_one_call(self.min_calls)?;
                 Model::rate(calls, rate, self.min_calls)
             }
+            TripSetting::Time {
+                rate,
+                window,
+                buckets,
+            } => {
+                unit_interval(rate, "time_window")?;
+                positive(window, "time_window")?;
+                if !(1..=MAX_BUCKETS).contains(&buckets) {
+                    return Err(out_of_range(
+                        "time_window",
+                        buckets,
+                        "from 1 to 1024 buckets",
+                    ));
+                }
+                let width = window / buckets;
+                if width < MIN_BUCKET {
+                    return Err(out_of_range(
+                        "time_window",
+                        format!("{width:?} per bucket"),
+                        "at least 1 ms per bucket",
+                    ));
+                }
+                at_least_one_call(self.min_calls)?;
+                bucket_width = Some(width);
+                Model::time(buckets, rate, self.min_calls)
+            }
+        };
+        let (model, slow_threshold) = match self.slow_calls {
+            Some((threshold, rate)) => {
+                positive(threshold, "slow_calls")?;
+                unit_interval(rate, "slow_calls")?;
+                (model.with_slow_rate(rate), Some(threshold))
+            }
+            None => (model, None),
         };
         if !(1..=MAX_PROBES).contains(&self.probes) {
             return Err(out_of_range(
@@ -422,6 +539,8 @@ impl<C> CircuitBreakerLayerBuilder<C> {
                 open: self.open,
                 jitter: self.jitter,
                 half_open_max_wait: self.half_open_max_wait,
+                slow_threshold,
+                bucket_width,
             },
             self.name,
             self.listener,
@@ -445,6 +564,14 @@ fn out_of_range(
         setting,
         value: value.to_string(),
         expected,
+    }
+}
+
+fn at_least_one_call(min_calls: u64) -> Result<(), ConfigError> {
+    if min_calls == 0 {
+        Err(out_of_range("min_calls", 0, "at least 1"))
+    } else {
+        Ok(())
     }
 }
 

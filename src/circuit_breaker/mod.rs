@@ -85,6 +85,8 @@ mod error;
 mod future;
 mod handle;
 mod layer;
+#[cfg(all(test, loom))]
+mod loom;
 mod shared;
 mod state;
 mod window;
@@ -261,7 +263,10 @@ where
             // The permit exists before the inner call: if `call` panics, the permit's drop
             // gives a probe slot back.
             let permit = match shared.state.admit() {
-                Admission::Closed { generation } => Permit::closed(&self.local, generation),
+                Admission::Closed { generation } => {
+                    shared.keep_window_moving();
+                    Permit::closed(&self.local, generation)
+                }
                 Admission::Probe { generation } => Permit::probe(&self.local, generation),
                 Admission::Untracked => Permit::untracked(),
                 Admission::Rejected {

@@ -2,17 +2,26 @@
 //!
 //! A success in the closed state is the hot path. It writes only its own striped counter (one
 //! cache line per stripe; service clones are spread over the stripes), so threads that share a
-//! breaker do not fight over a cache line. All evaluation happens when a failure arrives: it
-//! sums the stripes to learn how many calls there have been.
+//! breaker do not fight over a cache line. All evaluation happens when a failure (or a slow
+//! call) arrives: it sums the stripes to learn how many calls there have been.
 //!
 //! - [`Model::Consecutive`]: trips after `n` failures with no success between them. A success
 //!   only sets a flag, and only if it is not already set, so in steady state it is a read.
-//! - [`Model::Rate`]: trips when at least `rate` of the last `n` calls failed (and at least
-//!   `min_calls` calls have been made in this closed cycle). It keeps the call index of each
-//!   of the last `ceil(rate * n)` failures in a ring. The window slides exactly: the check on
-//!   each failure is "was the `ceil(rate * w)`-th most recent failure among the last `w`
-//!   calls?", with `w = min(n, calls in this cycle)`, one load. Under concurrency, calls that
-//!   complete at the same moment are ordered as they reach the counters.
+//! - [`Model::Rate`] (a count window): trips when at least `rate` of the last `n` calls failed
+//!   (and at least `min_calls` calls have been made in this closed cycle). It keeps the call
+//!   index of each of the last `ceil(rate * n)` failures in a ring. The window slides exactly:
+//!   the check on each failure is "was the `ceil(rate * w)`-th most recent failure among the
+//!   last `w` calls?", with `w = min(n, calls in this cycle)`, one load. Under concurrency,
+//!   calls that complete at the same moment are ordered as they reach the counters. Slow calls
+//!   get a second ring of the same kind.
+//! - [`Model::Time`] (a time window): trips when at least `rate` of the calls of the last `n`
+//!   buckets failed. Every counter is split into `n` buckets; a recorder adds to the bucket of
+//!   the current epoch, which it reads with one load. Time moves the epoch forward from
+//!   outside the call path (`shared.rs` runs a timer per bucket), and whoever moves it empties
+//!   the bucket that becomes current *before* publishing the new epoch, so no call is ever
+//!   counted in a bucket that is then emptied under it. The window therefore covers the
+//!   current, partly elapsed bucket and the `n - 1` before it: between `(n - 1) / n` of the
+//!   configured duration and all of it. That is the whole error bound, and the tests check it.
 //!
 //! Failures carry the generation of the closed cycle they were admitted in. A failure from an
 //! earlier cycle neither counts nor resets anything.
@@ -20,6 +29,20 @@
 use crate::sync::{AtomicBool, AtomicU64, Ordering, Padded};
 
 use super::state::{GENERATION_MASK, is_older};
+
+/// Counters per cache line: 16 × 8 bytes fill one 128-byte [`Padded`] line.
+const PER_LINE: usize = 16;
+
+/// One stripe's counters (its buckets), alone on their cache line(s).
+type Line = Padded<[AtomicU64; PER_LINE]>;
+
+fn new_line() -> Line {
+    Padded(std::array::from_fn(|_| AtomicU64::new(0)))
+}
+
+fn zeroed(count: usize) -> Box<[AtomicU64]> {
+    (0..count).map(|_| AtomicU64::new(0)).collect()
+}
 
 /// How ring entries and cycle markers pack a generation with a call index.
 const INDEX_BITS: u32 = 40;
@@ -40,11 +63,20 @@ fn distance(earlier: u64, later: u64) -> u64 {
     later.wrapping_sub(earlier) & INDEX_MASK
 }
 
+/// How the epoch word of a time window packs the epoch with its bucket, so that a recorder
+/// learns its bucket with one load and no division.
+const BUCKET_BITS: u32 = 16;
+const BUCKET_MASK: u64 = (1 << BUCKET_BITS) - 1;
+
+/// The most buckets a time window can have (they must fit in [`BUCKET_BITS`]).
+pub(crate) const MAX_BUCKETS: u32 = 1024;
+
 /// The trip model chosen at build time, with its settings validated by the builder.
 #[derive(Debug)]
 pub(crate) enum Model {
     Consecutive(Consecutive),
     Rate(Rate),
+    Time(TimeWindow),
 }
 
 /// Trips after `threshold` failures in a row.
@@ -57,29 +89,69 @@ pub(crate) struct Consecutive {
     run: AtomicU64,
 }
 
-/// Trips when at least `rate` of the last `calls` calls failed.
+/// Trips when at least `rate` of the last `calls` calls failed (or, with slow-call detection,
+/// when at least the slow rate of them were slow).
 #[derive(Debug)]
 pub(crate) struct Rate {
     calls: u64,
-    rate: f64,
     min_calls: u64,
-    /// Call indices of the last `ceil(rate * calls)` failures, each with its generation.
-    ring: Box<[AtomicU64]>,
-    /// How many failures have been written to the ring: the next one goes to
-    /// `ring_writes % ring.len()`. Separate from the failure total, which also counts stale
-    /// failures that are not written, so that the ring has no holes.
-    ring_writes: AtomicU64,
+    failures: Recent,
+    slow: Option<Recent>,
     /// The generation of the current closed cycle and the call index it started after.
     cycle: AtomicU64,
+}
+
+/// The call indices of the most recent events of one kind (failures, or slow calls): enough
+/// of them to tell whether `rate` of the last `calls` calls were such events.
+#[derive(Debug)]
+struct Recent {
+    rate: f64,
+    /// Call indices of the last `ceil(rate * calls)` events, each with its generation.
+    ring: Box<[AtomicU64]>,
+    /// How many events have been written to the ring: the next one goes to
+    /// `writes % ring.len()`. Stale events are not written, so the ring has no holes.
+    writes: AtomicU64,
+}
+
+/// Trips when at least `rate` of the calls in the last `buckets` buckets failed (or, with
+/// slow-call detection, at least the slow rate of them were slow).
+#[derive(Debug)]
+pub(crate) struct TimeWindow {
+    buckets: u64,
+    rate: f64,
+    slow_rate: Option<f64>,
+    min_calls: u64,
+    /// The current epoch (bucket number since the breaker was built) shifted left by
+    /// [`BUCKET_BITS`], with `epoch % buckets` in the low bits.
+    epoch: Padded<AtomicU64>,
+    /// Held by whoever is moving the epoch forward, so that two movers never empty a bucket
+    /// that the other has already published as current.
+    advancing: AtomicBool,
+    /// The generation of the current closed cycle (in the low bits: nothing).
+    cycle: AtomicU64,
+}
+
+/// The calls, failures and slow calls in the trip model's current window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Counts {
+    pub(crate) calls: u64,
+    pub(crate) failures: u64,
+    pub(crate) slow: u64,
 }
 
 /// Outcome counters and the trip model of one breaker.
 #[derive(Debug)]
 pub(crate) struct Window {
-    /// Successes, one counter per stripe. Every service clone picks a stripe when created.
-    successes: Box<[Padded<AtomicU64>]>,
-    /// Failures and ignored outcomes are rarer; one shared counter each.
-    failures: AtomicU64,
+    /// Successes: per stripe, one counter per bucket (one bucket unless the model is a time
+    /// window), on cache lines of their own. Every service clone picks a stripe when created.
+    successes: Box<[Line]>,
+    stripes: usize,
+    lines_per_stripe: usize,
+    /// Failures and slow calls are rarer; one shared counter per bucket.
+    failures: Box<[AtomicU64]>,
+    slow: Box<[AtomicU64]>,
+    /// What emptied buckets held, so that the totals since the breaker was built stay exact.
+    retired: [AtomicU64; 3],
     model: Model,
 }
 
@@ -94,23 +166,57 @@ impl Model {
 
     /// `calls >= 1`, `rate` in (0, 1], `min_calls >= 1`: validated by the builder.
     pub(crate) fn rate(calls: u64, rate: f64, min_calls: u64) -> Model {
-        let remembered = failures_needed(rate, calls);
         Model::Rate(Rate {
             calls,
-            rate,
             min_calls,
-            ring: (0..remembered)
-                .map(|_| AtomicU64::new(pack(0, 0)))
-                .collect(),
-            ring_writes: AtomicU64::new(0),
+            failures: Recent::new(rate, calls),
+            slow: None,
             // Generation 0 starts after call 0. A ring entry of index 0 is never in a window,
-            // since real failures have indices from 1.
+            // since real calls have indices from 1.
             cycle: AtomicU64::new(pack(0, 0)),
         })
     }
+
+    /// `buckets` in `1..=MAX_BUCKETS`, `rate` in (0, 1], `min_calls >= 1`: validated by the
+    /// builder, which also keeps the time a bucket covers (see `shared.rs`).
+    pub(crate) fn time(buckets: u32, rate: f64, min_calls: u64) -> Model {
+        Model::Time(TimeWindow {
+            buckets: u64::from(buckets),
+            rate,
+            slow_rate: None,
+            min_calls,
+            epoch: Padded(AtomicU64::new(0)),
+            advancing: AtomicBool::new(false),
+            cycle: AtomicU64::new(pack(0, 0)),
+        })
+    }
+
+    /// Adds slow-call detection to a rate model: it also trips when at least `rate` of the
+    /// calls in its window were slow. The builder allows it on the two windowed models only;
+    /// the consecutive model is returned unchanged.
+    pub(crate) fn with_slow_rate(self, rate: f64) -> Model {
+        match self {
+            Model::Rate(mut model) => {
+                model.slow = Some(Recent::new(rate, model.calls));
+                Model::Rate(model)
+            }
+            Model::Time(mut model) => {
+                model.slow_rate = Some(rate);
+                Model::Time(model)
+            }
+            consecutive @ Model::Consecutive(_) => consecutive,
+        }
+    }
+
+    fn buckets(&self) -> usize {
+        match self {
+            Model::Time(model) => model.buckets as usize,
+            Model::Consecutive(_) | Model::Rate(_) => 1,
+        }
+    }
 }
 
-/// How many failures among `calls` calls reach `rate`: `ceil(rate * calls)`, at least 1.
+/// How many events among `calls` calls reach `rate`: `ceil(rate * calls)`, at least 1.
 fn failures_needed(rate: f64, calls: u64) -> u64 {
     // A tiny tolerance so that, say, 0.3 * 10 (2.9999999999999996) needs 3, not 4.
     ((rate * calls as f64) - 1e-9).ceil().max(1.0) as u64
@@ -118,27 +224,56 @@ fn failures_needed(rate: f64, calls: u64) -> u64 {
 
 impl Window {
     pub(crate) fn new(model: Model, stripes: usize) -> Window {
+        let stripes = stripes.max(1);
+        let buckets = model.buckets();
+        let lines_per_stripe = buckets.div_ceil(PER_LINE);
         Window {
-            successes: (0..stripes.max(1))
-                .map(|_| Padded(AtomicU64::new(0)))
+            successes: (0..stripes * lines_per_stripe)
+                .map(|_| new_line())
                 .collect(),
-            failures: AtomicU64::new(0),
+            stripes,
+            lines_per_stripe,
+            failures: zeroed(buckets),
+            slow: zeroed(buckets),
+            retired: std::array::from_fn(|_| AtomicU64::new(0)),
             model,
         }
     }
 
     pub(crate) fn stripes(&self) -> usize {
-        self.successes.len()
+        self.stripes
+    }
+
+    /// Buckets per counter: the time window's, 1 for the other models.
+    pub(crate) fn buckets(&self) -> usize {
+        self.failures.len()
+    }
+
+    /// The bucket outcomes are counted in now: always 0 unless the model is a time window.
+    #[inline]
+    fn bucket(&self) -> usize {
+        match &self.model {
+            Model::Time(model) => model.bucket(),
+            Model::Consecutive(_) | Model::Rate(_) => 0,
+        }
+    }
+
+    #[inline]
+    fn success_counter(&self, stripe: usize, bucket: usize) -> &AtomicU64 {
+        let line = (stripe % self.stripes) * self.lines_per_stripe + bucket / PER_LINE;
+        &self.successes[line].0[bucket % PER_LINE]
     }
 
     /// A call admitted while closed succeeded. The hot path: one increment of the caller's
-    /// own stripe, plus, for the consecutive model, a read of a flag that is almost always
-    /// already set.
+    /// own stripe (in the current bucket), plus, for the consecutive model, a read of a flag
+    /// that is almost always already set.
     #[inline]
     pub(crate) fn record_success(&self, stripe: usize) {
+        let bucket = self.bucket();
         // Relaxed: a count, read only to evaluate failures, which tolerate a call in flight.
-        self.successes[stripe % self.successes.len()]
-            .0
+        // (The bucket was read with Acquire, which orders this increment after the emptying
+        // of that bucket: see `advance_to`.)
+        self.success_counter(stripe, bucket)
             .fetch_add(1, Ordering::Relaxed);
         if let Model::Consecutive(model) = &self.model
             && !model.success_seen.load(Ordering::Relaxed)
@@ -150,12 +285,50 @@ impl Window {
     /// A call admitted while closed in cycle `generation` failed. Returns whether the model
     /// says to trip.
     pub(crate) fn record_failure(&self, generation: u32) -> bool {
-        let failures_before = self.failures.fetch_add(1, Ordering::Relaxed);
         match &self.model {
-            Model::Consecutive(model) => model.on_failure(generation),
+            Model::Consecutive(model) => {
+                self.failures[0].fetch_add(1, Ordering::Relaxed);
+                model.on_failure(generation)
+            }
             Model::Rate(model) => {
+                let failures_before = self.failures[0].fetch_add(1, Ordering::Relaxed);
                 let index = self.total_successes() + failures_before + 1;
                 model.on_failure(generation, index)
+            }
+            Model::Time(model) => {
+                if !self.join_time_cycle(model, generation) {
+                    // From an earlier cycle: it counts in the totals, not in the window.
+                    self.retired[1].fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                self.failures[model.bucket()].fetch_add(1, Ordering::Relaxed);
+                model.trips_on_failures(self.time_counts())
+            }
+        }
+    }
+
+    /// A call admitted while closed in cycle `generation` took longer than the slow-call
+    /// threshold (it was recorded as a success or failure first). Returns whether the model
+    /// says to trip on the slow-call rate.
+    pub(crate) fn record_slow(&self, generation: u32) -> bool {
+        match &self.model {
+            Model::Consecutive(_) => {
+                self.slow[0].fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Model::Rate(model) => {
+                self.slow[0].fetch_add(1, Ordering::Relaxed);
+                // This call was counted when it was recorded, so it is the latest one.
+                let index = self.total_calls();
+                model.on_slow(generation, index)
+            }
+            Model::Time(model) => {
+                if !self.join_time_cycle(model, generation) {
+                    self.retired[2].fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                self.slow[model.bucket()].fetch_add(1, Ordering::Relaxed);
+                model.trips_on_slow(self.time_counts())
             }
         }
     }
@@ -166,27 +339,135 @@ impl Window {
         match &self.model {
             Model::Consecutive(model) => model.start_cycle(generation),
             Model::Rate(model) => model.start_cycle(generation, self.total_calls()),
+            Model::Time(model) => {
+                self.join_time_cycle(model, generation);
+            }
+        }
+    }
+
+    /// For a time window: whether an outcome of cycle `generation` counts in the window,
+    /// starting that cycle (emptying every bucket) if it is newer than the current one.
+    fn join_time_cycle(&self, model: &TimeWindow, generation: u32) -> bool {
+        let (current, _) = unpack(model.cycle.load(Ordering::Acquire));
+        if current == generation & GENERATION_MASK {
+            return true;
+        }
+        if is_older(generation, current) {
+            return false;
+        }
+        if advance_marker(&model.cycle, generation, 0) {
+            // The winner empties the window. Calls of the new cycle recorded meanwhile may
+            // be emptied with it: at most the calls that completed in these few nanoseconds.
+            for bucket in 0..self.failures.len() {
+                self.empty_bucket(bucket);
+            }
+        }
+        let (current, _) = unpack(model.cycle.load(Ordering::Acquire));
+        current == generation & GENERATION_MASK
+    }
+
+    /// For a time window: moves the current epoch forward to `epoch` (a count of bucket
+    /// lengths since the breaker was built), emptying each bucket before it becomes current.
+    /// If another thread is already moving it, returns at once: that thread will get there.
+    /// Does nothing for the other models, or if the epoch is already there.
+    pub(crate) fn advance_to(&self, epoch: u64) {
+        let Model::Time(model) = &self.model else {
+            return;
+        };
+        // Acquire: see the buckets as the previous mover left them.
+        if model
+            .advancing
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let mut current = model.epoch.0.load(Ordering::Relaxed) >> BUCKET_BITS;
+        while current < epoch {
+            let next = if epoch - current >= model.buckets {
+                // The whole window has passed: empty it all and jump.
+                for bucket in 0..self.failures.len() {
+                    self.empty_bucket(bucket);
+                }
+                epoch
+            } else {
+                self.empty_bucket(((current + 1) % model.buckets) as usize);
+                current + 1
+            };
+            // Release: a recorder that reads the new epoch (Acquire) adds to a bucket that
+            // is already empty, so its count cannot be swept away by the emptying.
+            model.epoch.0.store(
+                (next << BUCKET_BITS) | (next % model.buckets),
+                Ordering::Release,
+            );
+            current = next;
+        }
+        model.advancing.store(false, Ordering::Release);
+    }
+
+    /// The current epoch of a time window; `None` for the other models.
+    pub(crate) fn epoch(&self) -> Option<u64> {
+        match &self.model {
+            Model::Time(model) => Some(model.epoch.0.load(Ordering::Acquire) >> BUCKET_BITS),
+            Model::Consecutive(_) | Model::Rate(_) => None,
+        }
+    }
+
+    /// Empties one bucket of every counter, keeping what it held in the totals. Each counter
+    /// is swapped, so an increment is either in the swapped value or after it, never lost.
+    fn empty_bucket(&self, bucket: usize) {
+        let successes: u64 = (0..self.stripes)
+            .map(|stripe| {
+                self.success_counter(stripe, bucket)
+                    .swap(0, Ordering::Relaxed)
+            })
+            .sum();
+        let failures = self.failures[bucket].swap(0, Ordering::Relaxed);
+        let slow = self.slow[bucket].swap(0, Ordering::Relaxed);
+        for (total, value) in self.retired.iter().zip([successes, failures, slow]) {
+            total.fetch_add(value, Ordering::Relaxed);
+        }
+    }
+
+    /// The live counts of a time window (every bucket).
+    fn time_counts(&self) -> Counts {
+        let successes = self.live_successes();
+        let failures = sum(&self.failures);
+        Counts {
+            calls: successes + failures,
+            failures,
+            slow: sum(&self.slow),
         }
     }
 
     pub(crate) fn total_successes(&self) -> u64 {
-        self.successes
-            .iter()
-            .map(|stripe| stripe.0.load(Ordering::Relaxed))
+        self.live_successes() + self.retired[0].load(Ordering::Relaxed)
+    }
+
+    /// Successes in every bucket of every stripe (only the counters in use are read).
+    fn live_successes(&self) -> u64 {
+        (0..self.failures.len())
+            .flat_map(|bucket| (0..self.stripes).map(move |stripe| (stripe, bucket)))
+            .map(|(stripe, bucket)| self.success_counter(stripe, bucket).load(Ordering::Relaxed))
             .sum()
     }
 
     pub(crate) fn total_failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
+        sum(&self.failures) + self.retired[1].load(Ordering::Relaxed)
     }
 
-    fn total_calls(&self) -> u64 {
+    pub(crate) fn total_slow(&self) -> u64 {
+        sum(&self.slow) + self.retired[2].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn total_calls(&self) -> u64 {
         self.total_successes() + self.total_failures()
     }
 
-    /// For the metrics snapshot: calls and failures in the current window of cycle
-    /// `generation` (for the consecutive model, the current run of failures).
-    pub(crate) fn in_window(&self, generation: u32) -> (u64, u64) {
+    /// For the metrics snapshot: calls, failures and slow calls in the current window of
+    /// cycle `generation` (for the consecutive model, the current run of failures). For a
+    /// count window, failures and slow calls are counted up to the number that trips.
+    pub(crate) fn in_window(&self, generation: u32) -> Counts {
         match &self.model {
             Model::Consecutive(model) => {
                 let (run_generation, length) = unpack(model.run.load(Ordering::Acquire));
@@ -195,11 +476,30 @@ impl Window {
                 } else {
                     0
                 };
-                (length, length)
+                Counts {
+                    calls: length,
+                    failures: length,
+                    slow: 0,
+                }
             }
             Model::Rate(model) => model.in_window(generation, self.total_calls()),
+            Model::Time(model) => {
+                let (current, _) = unpack(model.cycle.load(Ordering::Acquire));
+                if current == generation {
+                    self.time_counts()
+                } else {
+                    Counts::default()
+                }
+            }
         }
     }
+}
+
+fn sum(counters: &[AtomicU64]) -> u64 {
+    counters
+        .iter()
+        .map(|counter| counter.load(Ordering::Relaxed))
+        .sum()
 }
 
 impl Consecutive {
@@ -234,30 +534,70 @@ impl Consecutive {
     }
 }
 
-impl Rate {
-    /// Call number `index` failed, in cycle `generation`.
-    fn on_failure(&self, generation: u32, index: u64) -> bool {
-        let Some(start) = self.cycle_start(generation, index - 1) else {
-            return false; // from an earlier closed cycle
-        };
+impl Recent {
+    fn new(rate: f64, calls: u64) -> Recent {
+        Recent {
+            rate,
+            ring: zeroed(failures_needed(rate, calls) as usize),
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    /// Call number `index` of cycle `generation` (which started after call `start`) was an
+    /// event of this kind. Returns whether at least `rate` of the last `min(calls, calls in
+    /// the cycle)` calls were, once the cycle has `min_calls` calls.
+    fn record(&self, generation: u32, index: u64, start: u64, calls: u64, min_calls: u64) -> bool {
         let len = self.ring.len() as u64;
-        let slot = self.ring_writes.fetch_add(1, Ordering::Relaxed) % len;
+        let slot = self.writes.fetch_add(1, Ordering::Relaxed) % len;
         // Release: a reader that sees this entry sees a fully formed one.
         self.ring[slot as usize].store(pack(generation, index), Ordering::Release);
 
         let in_cycle = distance(start, index);
-        let window = in_cycle.min(self.calls);
-        if in_cycle < self.min_calls {
+        let window = in_cycle.min(calls);
+        if in_cycle < min_calls {
             return false;
         }
         let needed = failures_needed(self.rate, window).min(len);
-        // The `needed`-th most recent failure, this one being the first.
+        // The `needed`-th most recent event, this one being the first.
         let oldest = (slot + len - (needed - 1)) % len;
         let (entry_generation, entry_index) =
             unpack(self.ring[oldest as usize].load(Ordering::Acquire));
         entry_generation == (generation & GENERATION_MASK)
             && entry_index != 0
             && distance(entry_index, index) < window
+    }
+
+    /// Events of cycle `generation` among the last `window` calls before call `calls`.
+    fn count(&self, generation: u32, calls: u64, window: u64) -> u64 {
+        self.ring
+            .iter()
+            .map(|entry| unpack(entry.load(Ordering::Acquire)))
+            .filter(|&(entry_generation, index)| {
+                entry_generation == generation && index != 0 && distance(index, calls) < window
+            })
+            .count() as u64
+    }
+}
+
+impl Rate {
+    /// Call number `index` failed, in cycle `generation`.
+    fn on_failure(&self, generation: u32, index: u64) -> bool {
+        let Some(start) = self.cycle_start(generation, index - 1) else {
+            return false; // from an earlier closed cycle
+        };
+        self.failures
+            .record(generation, index, start, self.calls, self.min_calls)
+    }
+
+    /// Call number `index` was slow, in cycle `generation`.
+    fn on_slow(&self, generation: u32, index: u64) -> bool {
+        let Some(slow) = &self.slow else {
+            return false;
+        };
+        let Some(start) = self.cycle_start(generation, index.saturating_sub(1)) else {
+            return false;
+        };
+        slow.record(generation, index, start, self.calls, self.min_calls)
     }
 
     /// The call index cycle `generation` started after, starting the cycle now if nobody has
@@ -280,32 +620,52 @@ impl Rate {
         advance_marker(&self.cycle, generation, calls);
     }
 
-    fn in_window(&self, generation: u32, calls: u64) -> (u64, u64) {
+    fn in_window(&self, generation: u32, calls: u64) -> Counts {
         let (cycle_generation, start) = unpack(self.cycle.load(Ordering::Acquire));
         if cycle_generation != generation {
-            return (0, 0);
+            return Counts::default();
         }
         let window = distance(start, calls).min(self.calls);
-        let failures = self
-            .ring
-            .iter()
-            .map(|entry| unpack(entry.load(Ordering::Acquire)))
-            .filter(|&(entry_generation, index)| {
-                entry_generation == generation && index != 0 && distance(index, calls) < window
-            })
-            .count() as u64;
-        (window, failures)
+        Counts {
+            calls: window,
+            failures: self.failures.count(generation, calls, window),
+            slow: self
+                .slow
+                .as_ref()
+                .map_or(0, |slow| slow.count(generation, calls, window)),
+        }
+    }
+}
+
+impl TimeWindow {
+    /// The bucket of the current epoch: one load, no division.
+    #[inline]
+    fn bucket(&self) -> usize {
+        // Acquire: pairs with the Release that published the epoch after emptying its bucket.
+        (self.epoch.0.load(Ordering::Acquire) & BUCKET_MASK) as usize
+    }
+
+    fn trips_on_failures(&self, counts: Counts) -> bool {
+        counts.calls >= self.min_calls
+            && counts.failures >= failures_needed(self.rate, counts.calls)
+    }
+
+    fn trips_on_slow(&self, counts: Counts) -> bool {
+        self.slow_rate.is_some_and(|rate| {
+            counts.calls >= self.min_calls && counts.slow >= failures_needed(rate, counts.calls)
+        })
     }
 }
 
 /// Moves a (generation, index) marker forward to `generation`, unless it is already there or
 /// newer: whoever starts a cycle first wins, and a late, older start never undoes a newer one.
-fn advance_marker(marker: &AtomicU64, generation: u32, index: u64) {
+/// Returns whether this call moved it.
+fn advance_marker(marker: &AtomicU64, generation: u32, index: u64) -> bool {
     let mut current = marker.load(Ordering::Acquire);
     loop {
         let (marker_generation, _) = unpack(current);
         if marker_generation == generation || is_older(generation, marker_generation) {
-            return;
+            return false;
         }
         match marker.compare_exchange_weak(
             current,
@@ -313,7 +673,7 @@ fn advance_marker(marker: &AtomicU64, generation: u32, index: u64) {
             Ordering::AcqRel,
             Ordering::Acquire,
         ) {
-            Ok(_) => return,
+            Ok(_) => return true,
             Err(actual) => current = actual,
         }
     }
@@ -388,7 +748,14 @@ mod tests {
         assert!(!w.record_failure(3), "1 of 4 in the new cycle");
         assert!(!w.record_failure(1), "stale");
         assert!(w.record_failure(3), "2 of the last 4");
-        assert_eq!(w.in_window(3), (4, 2));
+        assert_eq!(
+            w.in_window(3),
+            Counts {
+                calls: 4,
+                failures: 2,
+                slow: 0
+            }
+        );
     }
 
     #[test]
@@ -398,5 +765,72 @@ mod tests {
         assert_eq!(failures_needed(0.01, 10), 1);
         assert_eq!(failures_needed(1.0, 7), 7);
         assert_eq!(failures_needed(0.55, 10), 6);
+    }
+
+    #[test]
+    fn a_time_window_counts_the_last_buckets_and_keeps_the_totals() {
+        // 50% of the last 4 buckets, at least 4 calls; 2 stripes.
+        let w = Window::new(Model::time(4, 0.5, 4), 2);
+        w.record_success(0);
+        w.record_success(1);
+        assert!(!w.record_failure(0), "1 of 3, under min_calls");
+        w.advance_to(3);
+        w.record_success(1);
+        w.record_success(0);
+        assert!(!w.record_failure(0), "2 of 6");
+        assert!(!w.record_failure(0), "3 of 7");
+        // Epoch 4 empties bucket 0 (epoch 0's 3 calls): 2 failures, 2 successes remain.
+        w.advance_to(4);
+        assert_eq!(
+            w.in_window(0),
+            Counts {
+                calls: 4,
+                failures: 2,
+                slow: 0
+            }
+        );
+        assert!(w.record_failure(0), "3 of 5");
+        // Jumping a whole window empties everything; the totals stay exact.
+        w.advance_to(100);
+        assert_eq!(w.in_window(0), Counts::default());
+        assert_eq!((w.total_successes(), w.total_failures()), (4, 4));
+        assert_eq!(w.epoch(), Some(100));
+    }
+
+    #[test]
+    fn a_time_window_ignores_stale_failures_and_starts_each_cycle_empty() {
+        let w = Window::new(Model::time(2, 0.5, 2), 1);
+        w.record_failure(0);
+        w.start_cycle(2);
+        assert_eq!(w.in_window(2), Counts::default());
+        assert!(!w.record_failure(1), "stale");
+        assert!(!w.record_failure(0), "stale");
+        assert_eq!(w.in_window(2), Counts::default());
+        assert_eq!(w.total_failures(), 3);
+        w.record_success(0);
+        assert!(w.record_failure(2), "1 of 2");
+        // A failure of a newer cycle than the window knows starts that cycle itself.
+        assert!(!w.record_failure(4), "1 of 1, under min_calls");
+        assert_eq!(w.in_window(4).calls, 1);
+    }
+
+    #[test]
+    fn slow_calls_are_a_rate_of_their_own() {
+        let w = Window::new(Model::rate(4, 1.0, 4).with_slow_rate(0.5), 1);
+        w.record_success(0);
+        w.record_success(0);
+        w.record_success(0);
+        assert!(!w.record_slow(0), "1 slow of 3 calls, under min_calls");
+        w.record_success(0);
+        assert!(w.record_slow(0), "2 of the last 4");
+        assert_eq!(w.in_window(0).slow, 2);
+        assert_eq!(w.total_slow(), 2);
+
+        let w = Window::new(Model::time(2, 1.0, 2).with_slow_rate(0.5), 1);
+        w.record_success(0);
+        assert!(!w.record_slow(0), "under min_calls");
+        w.record_success(0);
+        assert!(w.record_slow(0), "2 of 2");
+        assert!(!Window::new(Model::consecutive(1), 1).record_slow(0));
     }
 }
