@@ -206,6 +206,36 @@ fn no_layer_allocates_per_call() {
     }
     assert_eq!(breaker.handle().state(), State::Closed);
 
+    // A time window with slow-call detection, on ready and on pending responses (a pending
+    // one is timed). The first call starts the window's timer task: that is the warm-up.
+    let timed = CircuitBreakerLayer::builder()
+        .time_window(0.5, Duration::from_secs(10), 10)
+        .slow_calls(Duration::from_secs(1), 0.5)
+        .build()
+        .unwrap();
+    let mut timed_ready = timed.layer(Ready);
+    let mut timed_pending = timed.layer(Slow);
+    let mut timed_failures = timed.layer(FailsEvery(10));
+    allocations_per_call(&mut timed_ready, 1);
+    for request in 1..=100 {
+        assert_eq!(
+            allocations_per_call(&mut timed_ready, request),
+            0,
+            "breaker, time window, ready"
+        );
+        assert_eq!(
+            allocations_per_call(&mut timed_pending, request),
+            0,
+            "breaker, time window, pending"
+        );
+        assert_eq!(
+            allocations_per_call_any(&mut timed_failures, request),
+            0,
+            "breaker, time window, 10% failures"
+        );
+    }
+    assert_eq!(timed.handle().state(), State::Closed);
+
     // Half-open: trip it, let the open period pass, then probe. Probes classified as ignored
     // give their slot back, so the breaker stays half-open for the whole measurement.
     let probing = CircuitBreakerLayer::builder()

@@ -37,9 +37,17 @@
 //!
 //! - **Closed**: calls go through. Each result is classified ([`Classify`]; by default any
 //!   error is a failure) as a success, a failure, or ignored (not counted). The trip model
-//!   decides when to open: [`consecutive_failures`](CircuitBreakerLayerBuilder::consecutive_failures),
-//!   or a [`failure_rate`](CircuitBreakerLayerBuilder::failure_rate) over a window that slides
-//!   over exactly the last `n` calls, after [`min_calls`](CircuitBreakerLayerBuilder::min_calls).
+//!   decides when to open:
+//!   - [`consecutive_failures`](CircuitBreakerLayerBuilder::consecutive_failures): `n`
+//!     failures with no success between them;
+//!   - [`failure_rate`](CircuitBreakerLayerBuilder::failure_rate): a share of a **count
+//!     window** that slides over exactly the last `n` calls;
+//!   - [`time_window`](CircuitBreakerLayerBuilder::time_window): a share of the calls of the
+//!     last stretch of time, kept in `n` buckets (the error bound is one bucket, documented
+//!     there).
+//!
+//!   Both windows wait for [`min_calls`](CircuitBreakerLayerBuilder::min_calls) calls, and
+//!   can also trip on the share of [`slow_calls`](CircuitBreakerLayerBuilder::slow_calls).
 //! - **Open**: calls fail at once with [`CircuitOpen`], whose
 //!   [`retry_after`](CircuitOpen::retry_after) says when probing starts. The open period is
 //!   fixed or grows exponentially over consecutive trips, shortened by random jitter so a
@@ -73,7 +81,8 @@
 //! The state machine (`state.rs`) is one `AtomicU64`: phase, generation and the half-open
 //! probe counters, changed only by compare-and-swap. The trip models (`window.rs`) keep
 //! successes in striped counters, one cache line per stripe, and do their arithmetic when a
-//! failure arrives. Each service clone owns a private reference to the breaker, so the call
+//! failure (or a slow call) arrives. A time window's buckets are moved on by a timer task,
+//! so no call reads the clock to find its bucket. Each service clone owns a private reference to the breaker, so the call
 //! path writes no cache line shared with other threads. Neither file knows about tower or tokio;
 //! `shared.rs` adds time (the open period ends with a tokio timer, so a rejected call reads no
 //! clock) and the listener, and this module is the `Service`.
@@ -112,7 +121,9 @@ use crate::error::BoxError;
 
 /// What one service clone shares with its response futures: the breaker, the clone's stripe
 /// of the success counter, and the classifier. Each clone has its own, so the reference count
-/// a call touches is not one that other threads' calls touch.
+/// a call touches is not one that other threads' calls touch; the alignment keeps two clones'
+/// reference counts off one cache line even when they are allocated side by side.
+#[repr(align(128))]
 pub(crate) struct Local<C> {
     shared: Arc<Shared>,
     stripe: usize,
