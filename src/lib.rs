@@ -63,6 +63,7 @@ pub mod error;
 pub mod timeout;
 
 mod sync;
+mod ticker;
 
 pub use builder::ServiceBuilderExt;
 pub use error::{BoxError, ConfigError, ErrorKind};

@@ -18,7 +18,8 @@ use super::handle::{State, StateTransition, TransitionReason};
 use super::state::{Phase, StateMachine, Transition};
 use super::window::Window;
 use crate::clock::{self, Instant};
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
+use crate::ticker::{Epochs, Ticker};
 
 /// How long the breaker stays open after a trip.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -65,8 +66,8 @@ pub(crate) struct Shared {
     jitter_seed: AtomicU64,
     /// Which stripe the next service clone takes.
     next_stripe: AtomicU64,
-    /// For a time window: whether a timer task is moving its epoch.
-    window_ticking: AtomicBool,
+    /// For a time window: the timer that moves it from bucket to bucket.
+    window_ticker: Option<Ticker>,
     /// Wakes services waiting in `poll_ready` (backpressure mode) when calls may go again.
     pub(crate) admitting: Arc<Notify>,
 }
@@ -89,6 +90,10 @@ impl Shared {
         listener: Option<Listener>,
         seed: u64,
     ) -> Shared {
+        let window_ticker = timing.bucket_width.map(|width| {
+            // Once a whole window passed with no call, every bucket is empty.
+            Ticker::new(width, window.buckets() as u64)
+        });
         Shared {
             state,
             window,
@@ -101,7 +106,7 @@ impl Shared {
             consecutive_trips: AtomicU64::new(0),
             jitter_seed: AtomicU64::new(seed),
             next_stripe: AtomicU64::new(0),
-            window_ticking: AtomicBool::new(false),
+            window_ticker,
             admitting: Arc::new(Notify::new()),
         }
     }
@@ -135,45 +140,11 @@ impl Shared {
         self.timing.slow_threshold
     }
 
-    /// For a time window: makes sure something moves the window's epoch as time passes. One
-    /// load when its timer runs, which is always but for the first call after the breaker was
-    /// built or sat idle for a whole window.
+    /// For a time window: makes sure its buckets move on as time passes (see `ticker.rs`).
+    /// One load while the window's timer runs.
     #[inline]
     pub(crate) fn keep_window_moving(self: &Arc<Self>) {
-        if let Some(width) = self.timing.bucket_width
-            && !self.window_ticking.load(Ordering::Relaxed)
-        {
-            self.start_window_timer(width);
-        }
-    }
-
-    #[cold]
-    fn start_window_timer(self: &Arc<Self>, width: Duration) {
-        // Catch up first, so this call is counted in the bucket of now, not of the past.
-        self.window.advance_to(self.epoch_at(clock::now(), width));
-        // Without a runtime there is no timer: every call catches up like this one.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current()
-            && self
-                .window_ticking
-                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            runtime.spawn(window_timer(Arc::downgrade(self), width));
-        }
-    }
-
-    /// The epoch of a time window at `at`: whole bucket widths since the breaker was built.
-    fn epoch_at(&self, at: Instant, width: Duration) -> u64 {
-        let elapsed = at.saturating_duration_since(self.origin).as_nanos();
-        u64::try_from(elapsed / width.as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// When epoch `epoch` of a time window begins.
-    fn epoch_start(&self, epoch: u64, width: Duration) -> Instant {
-        let nanos = u64::try_from(width.as_nanos())
-            .unwrap_or(u64::MAX)
-            .saturating_mul(epoch);
-        self.origin + Duration::from_nanos(nanos)
+        Ticker::keep_moving(self);
     }
 
     pub(crate) fn consecutive_trips(&self) -> u64 {
@@ -326,63 +297,6 @@ impl Drop for FallBackToClock {
     }
 }
 
-/// Stops the time window's timer: on its way out (whether it ends or is dropped with its
-/// runtime), it lets the next call start a new one.
-struct WindowTimerRunning {
-    shared: Weak<Shared>,
-}
-
-impl Drop for WindowTimerRunning {
-    fn drop(&mut self) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared.window_ticking.store(false, Ordering::Release);
-        }
-    }
-}
-
-/// Moves a time window to its next bucket as each bucket's time ends. Holds the breaker
-/// weakly, and stops once a whole window has passed with no call (every bucket is empty by
-/// then); the next call starts it again.
-fn window_timer(
-    shared: Weak<Shared>,
-    width: Duration,
-) -> impl Future<Output = ()> + Send + 'static {
-    let running = WindowTimerRunning {
-        shared: shared.clone(),
-    };
-    async move {
-        let _running = running;
-        let mut last_calls = None;
-        let mut idle_buckets = 0_u64;
-        loop {
-            let next = {
-                let Some(breaker) = shared.upgrade() else {
-                    return;
-                };
-                let epoch = breaker.window.epoch().unwrap_or(0);
-                breaker.epoch_start(epoch.saturating_add(1), width)
-            };
-            tokio::time::sleep_until(next).await;
-            let Some(breaker) = shared.upgrade() else {
-                return;
-            };
-            breaker
-                .window
-                .advance_to(breaker.epoch_at(clock::now(), width));
-            let calls = breaker.window.total_calls();
-            if last_calls == Some(calls) {
-                idle_buckets += 1;
-                if idle_buckets >= breaker.window.buckets() as u64 {
-                    return;
-                }
-            } else {
-                idle_buckets = 0;
-            }
-            last_calls = Some(calls);
-        }
-    }
-}
-
 /// The life of one open period: wait it out, move to half-open, then watch for probes that
 /// hang. Holds the breaker weakly, so a dropped breaker ends the task at its next wake-up.
 ///
@@ -435,5 +349,24 @@ async fn watch_half_open(shared: Weak<Shared>, generation: u32, half_open_max_wa
             breaker.after(transition, TransitionReason::HalfOpenStalled);
             return;
         }
+    }
+}
+
+/// A time window's buckets move with the breaker's window timer.
+impl Epochs for Shared {
+    fn ticker(&self) -> Option<&Ticker> {
+        self.window_ticker.as_ref()
+    }
+
+    fn advance_to(&self, epoch: u64) {
+        self.window.advance_to(epoch);
+    }
+
+    fn epoch(&self) -> u64 {
+        self.window.epoch().unwrap_or(0)
+    }
+
+    fn activity(&self) -> u64 {
+        self.window.total_calls()
     }
 }
