@@ -33,6 +33,7 @@ use tower::layer::util::Stack;
 
 use crate::circuit_breaker::CircuitBreakerLayer;
 use crate::error::ConfigError;
+use crate::retry::RetryLayer;
 use crate::timeout::{DeadlineLayer, TimeoutLayer};
 
 mod sealed {
@@ -71,6 +72,14 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         layer: CircuitBreakerLayer<C>,
     ) -> ServiceBuilder<Stack<CircuitBreakerLayer<C>, L>>;
+
+    /// Retries failed calls as `layer` says, built (and checked) with
+    /// [`RetryLayer::builder`]. Takes the layer rather than its settings so that you can keep
+    /// its [`budget`](RetryLayer::budget).
+    fn retry_with<P, R>(
+        self,
+        layer: RetryLayer<P, R>,
+    ) -> ServiceBuilder<Stack<RetryLayer<P, R>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -92,6 +101,13 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: CircuitBreakerLayer<C>,
     ) -> ServiceBuilder<Stack<CircuitBreakerLayer<C>, L>> {
+        self.layer(layer)
+    }
+
+    fn retry_with<P, R>(
+        self,
+        layer: RetryLayer<P, R>,
+    ) -> ServiceBuilder<Stack<RetryLayer<P, R>, L>> {
         self.layer(layer)
     }
 }

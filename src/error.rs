@@ -26,7 +26,9 @@
 //!   with tower and works with axum's `HandleErrorLayer`. The inner service's error is boxed
 //!   unchanged, so it can still be downcast to its own type.
 //! - Each failure a layer adds has its own public type ([`Elapsed`](crate::timeout::Elapsed),
-//!   [`DeadlineExceeded`](crate::timeout::DeadlineExceeded)). These types implement
+//!   [`DeadlineExceeded`](crate::timeout::DeadlineExceeded),
+//!   [`CircuitOpen`](crate::circuit_breaker::CircuitOpen),
+//!   [`BudgetExhausted`](crate::retry::BudgetExhausted)). These types implement
 //!   `std::error::Error`, can be downcast from a `BoxError`, and cannot be constructed outside
 //!   this crate, so seeing one means this crate produced it.
 //! - [`ErrorKind::of`] names the failure without downcasting to each type yourself.
@@ -58,6 +60,10 @@ pub enum ErrorKind {
     /// ([`CircuitOpen`](crate::circuit_breaker::CircuitOpen)). Retrying before its
     /// [`retry_after`](ErrorKind::retry_after) only adds load.
     CircuitOpen,
+    /// A failed call was not retried because the retry budget was empty
+    /// ([`BudgetExhausted`](crate::retry::BudgetExhausted), whose source is the last
+    /// attempt's error). The dependency is failing broadly; back off.
+    RetryBudgetExhausted,
     /// Not an error this crate produced: it came from the inner service (or anything else).
     Inner,
 }
@@ -94,6 +100,9 @@ impl ErrorKind {
             }
             if e.is::<crate::circuit_breaker::CircuitOpen>() {
                 return ErrorKind::CircuitOpen;
+            }
+            if e.is::<crate::retry::BudgetExhausted>() {
+                return ErrorKind::RetryBudgetExhausted;
             }
             current = e.source();
         }

@@ -1,0 +1,287 @@
+//! [`RetryLayer`] and its builder.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::Layer;
+
+use super::Retry;
+use super::backoff::Backoff;
+use super::budget::RetryBudget;
+use super::policy::{CloneRequests, RetryErrors};
+use crate::error::ConfigError;
+use crate::sync::{AtomicU64, Ordering};
+
+const LAYER: &str = "RetryLayer";
+
+/// The most attempts a request may be given (the first one included).
+const MAX_ATTEMPTS: u32 = 100;
+
+/// What every service and response future of one layer shares.
+pub(crate) struct Settings {
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) max_retry_after: Duration,
+    pub(crate) budget: Option<RetryBudget>,
+    /// Seeds the jitter: each retry draws from a generator seeded with the next value.
+    seed: AtomicU64,
+}
+
+impl Settings {
+    pub(crate) fn next_seed(&self) -> u64 {
+        self.seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("max_retry_after", &self.max_retry_after)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Retries failed calls with a jittered backoff, under a retry budget, within the request's
+/// deadline. Produces [`Retry`]; see the [module docs](super) for the rules.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_firebreak::retry::{Backoff, Jitter, RetryBudget, RetryLayer};
+///
+/// let layer = RetryLayer::builder()
+///     .max_attempts(3)
+///     .backoff(Backoff::exponential(Duration::from_millis(50), 2.0, Duration::from_secs(1))
+///         .jitter(Jitter::Full))
+///     .budget(RetryBudget::default())
+///     .build()?;
+/// assert_eq!(layer.max_attempts(), 3);
+/// # Ok::<(), tower_firebreak::error::ConfigError>(())
+/// ```
+pub struct RetryLayer<P = RetryErrors, R = CloneRequests> {
+    settings: Arc<Settings>,
+    policy: P,
+    cloner: R,
+}
+
+impl<P: Clone, R: Clone> Clone for RetryLayer<P, R> {
+    fn clone(&self) -> Self {
+        RetryLayer {
+            settings: Arc::clone(&self.settings),
+            policy: self.policy.clone(),
+            cloner: self.cloner.clone(),
+        }
+    }
+}
+
+impl<P, R> fmt::Debug for RetryLayer<P, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetryLayer {
+    /// Starts building a retry layer. The defaults: 3 attempts; exponential backoff from
+    /// 50 ms, doubling, at most 2 s, with full jitter; a fresh [`RetryBudget::default`]
+    /// (10% of requests plus 10 a second); retry-after hints obeyed up to 30 s; every error
+    /// retried (but those that say to back off); requests copied with `Clone`.
+    pub fn builder() -> RetryLayerBuilder {
+        RetryLayerBuilder {
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            max_retry_after: Duration::from_secs(30),
+            budget: Budget::Default,
+            policy: RetryErrors,
+            cloner: CloneRequests,
+            seed: None,
+        }
+    }
+}
+
+impl<P, R> RetryLayer<P, R> {
+    /// Attempts per request, the first one included.
+    pub fn max_attempts(&self) -> u32 {
+        self.settings.max_attempts
+    }
+
+    /// The retry budget, to watch its balance; `None` if the layer was built
+    /// [`without_budget`](RetryLayerBuilder::without_budget).
+    pub fn budget(&self) -> Option<&RetryBudget> {
+        self.settings.budget.as_ref()
+    }
+}
+
+impl<S, P: Clone, R: Clone> Layer<S> for RetryLayer<P, R> {
+    type Service = Retry<S, P, R>;
+
+    fn layer(&self, inner: S) -> Retry<S, P, R> {
+        Retry::new(
+            inner,
+            Arc::clone(&self.settings),
+            self.policy.clone(),
+            self.cloner.clone(),
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Budget {
+    Default,
+    Given(RetryBudget),
+    None,
+}
+
+/// Builder of [`RetryLayer`]. Every setting is checked by [`build`](Self::build).
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct RetryLayerBuilder<P = RetryErrors, R = CloneRequests> {
+    max_attempts: u32,
+    backoff: Backoff,
+    max_retry_after: Duration,
+    budget: Budget,
+    policy: P,
+    cloner: R,
+    seed: Option<u64>,
+}
+
+impl<P, R> fmt::Debug for RetryLayerBuilder<P, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayerBuilder")
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("max_retry_after", &self.max_retry_after)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P, R> RetryLayerBuilder<P, R> {
+    /// Attempts per request, the first one included, from 1 to 100; default 3. With 1 the
+    /// layer never retries.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// The delays between attempts; default exponential from 50 ms, doubling, at most 2 s,
+    /// with full jitter.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Share this budget (with other layers, or keep a clone to watch it). Default: a fresh
+    /// [`RetryBudget::default`] for this layer and its services.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Budget::Given(budget);
+        self
+    }
+
+    /// Retry without a budget: every failure may be retried up to `max_attempts`. This is how
+    /// a blip becomes a retry storm; meant for tests and comparisons, or for a layer below
+    /// another that has a budget.
+    pub fn without_budget(mut self) -> Self {
+        self.budget = Budget::None;
+        self
+    }
+
+    /// The longest delay a retry-after hint may ask for (a longer one is shortened to this),
+    /// greater than zero and at most 24 hours; default 30 s.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
+    /// Seeds the jitter, for reproducible tests and simulations. By default the seed is
+    /// random.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Decide what to retry with `policy` instead of "every error".
+    pub fn policy<Q>(self, policy: Q) -> RetryLayerBuilder<Q, R> {
+        RetryLayerBuilder {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            max_retry_after: self.max_retry_after,
+            budget: self.budget,
+            policy,
+            cloner: self.cloner,
+            seed: self.seed,
+        }
+    }
+
+    /// Copy requests for retries with `cloner` instead of `Clone` (for requests that are not
+    /// `Clone`, or that must not always be retried).
+    pub fn clone_requests_with<Q>(self, cloner: Q) -> RetryLayerBuilder<P, Q> {
+        RetryLayerBuilder {
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            max_retry_after: self.max_retry_after,
+            budget: self.budget,
+            policy: self.policy,
+            cloner,
+            seed: self.seed,
+        }
+    }
+
+    /// Checks every setting and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid setting: attempts outside 1 to 100, an
+    /// invalid backoff (zero initial delay, multiplier below 1 or not finite, initial above
+    /// max, a delay above 24 hours), or a zero or huge `max_retry_after`.
+    pub fn build(self) -> Result<RetryLayer<P, R>, ConfigError> {
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(ConfigError::OutOfRange {
+                layer: LAYER,
+                setting: "max_attempts",
+                value: self.max_attempts.to_string(),
+                expected: "from 1 to 100",
+            });
+        }
+        self.backoff.validate()?;
+        if self.max_retry_after.is_zero() {
+            return Err(ConfigError::ZeroDuration {
+                layer: LAYER,
+                setting: "max_retry_after",
+            });
+        }
+        if self.max_retry_after > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::OutOfRange {
+                layer: LAYER,
+                setting: "max_retry_after",
+                value: format!("{:?}", self.max_retry_after),
+                expected: "at most 24 hours",
+            });
+        }
+        let budget = match self.budget {
+            Budget::Default => Some(RetryBudget::default()),
+            Budget::Given(budget) => Some(budget),
+            Budget::None => None,
+        };
+        let seed = self
+            .seed
+            .unwrap_or_else(|| RandomState::new().build_hasher().finish());
+        Ok(RetryLayer {
+            settings: Arc::new(Settings {
+                max_attempts: self.max_attempts,
+                backoff: self.backoff,
+                max_retry_after: self.max_retry_after,
+                budget,
+                seed: AtomicU64::new(seed),
+            }),
+            policy: self.policy,
+            cloner: self.cloner,
+        })
+    }
+}
