@@ -193,11 +193,12 @@ where
                     Poll::Pending
                 }
                 Poll::Ready(result) => {
-                    let slow = match (*this.started, this.permit.slow_threshold()) {
-                        (Some(started), Some(threshold)) => {
+                    // `started` is only set when slow calls are watched and the call waited.
+                    let slow = match *this.started {
+                        Some(started) => this.permit.slow_threshold().is_some_and(|threshold| {
                             clock::now().saturating_duration_since(started) >= threshold
-                        }
-                        _ => false,
+                        }),
+                        None => false,
                     };
                     this.permit.settle(&result, slow);
                     Poll::Ready(result.map_err(Into::into))

@@ -545,6 +545,7 @@ impl<C> CircuitBreakerLayerBuilder<C> {
             self.name,
             self.listener,
             seed,
+            self.backpressure,
         );
         Ok(CircuitBreakerLayer {
             shared: Arc::new(shared),

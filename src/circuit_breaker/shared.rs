@@ -70,6 +70,9 @@ pub(crate) struct Shared {
     window_ticker: Option<Ticker>,
     /// Wakes services waiting in `poll_ready` (backpressure mode) when calls may go again.
     pub(crate) admitting: Arc<Notify>,
+    /// Whether services of this breaker wait in `poll_ready` at all: waking takes a lock
+    /// inside `Notify`, which a fail-fast breaker need not pay on every transition.
+    backpressure: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -89,6 +92,7 @@ impl Shared {
         name: Option<Arc<str>>,
         listener: Option<Listener>,
         seed: u64,
+        backpressure: bool,
     ) -> Shared {
         let window_ticker = timing.bucket_width.map(|width| {
             // Once a whole window passed with no call, every bucket is empty.
@@ -108,6 +112,7 @@ impl Shared {
             next_stripe: AtomicU64::new(0),
             window_ticker,
             admitting: Arc::new(Notify::new()),
+            backpressure,
         }
     }
 
@@ -196,10 +201,12 @@ impl Shared {
             }
             Phase::HalfOpen | Phase::ForcedOpen | Phase::Disabled | Phase::OpenUntimed => {}
         }
-        if matches!(
-            transition.to,
-            Phase::Closed | Phase::HalfOpen | Phase::Disabled
-        ) {
+        if self.backpressure
+            && matches!(
+                transition.to,
+                Phase::Closed | Phase::HalfOpen | Phase::Disabled
+            )
+        {
             self.admitting.notify_waiters();
         }
         self.report(transition, reason, now);
