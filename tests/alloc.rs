@@ -15,6 +15,7 @@ use tower::{Layer, Service, ServiceBuilder};
 use tower_firebreak::ServiceBuilderExt;
 use tower_firebreak::circuit_breaker::{CircuitBreakerLayer, Outcome, State};
 use tower_firebreak::error::BoxError;
+use tower_firebreak::retry::RetryLayer;
 use tower_firebreak::timeout::deadline;
 
 #[global_allocator]
@@ -235,6 +236,26 @@ fn no_layer_allocates_per_call() {
         );
     }
     assert_eq!(timed.handle().state(), State::Closed);
+
+    // Retry, with its default budget, on ready and on pending responses. The first call
+    // starts the budget's timer task: that is the warm-up.
+    let retry = RetryLayer::builder().build().unwrap();
+    let mut retry_ready = retry.layer(Ready);
+    let mut retry_pending = retry.layer(Slow);
+    allocations_per_call(&mut retry_ready, 1);
+    for request in 1..=100 {
+        assert_eq!(
+            allocations_per_call(&mut retry_ready, request),
+            0,
+            "retry, ready"
+        );
+        assert_eq!(
+            allocations_per_call(&mut retry_pending, request),
+            0,
+            "retry, pending"
+        );
+    }
+    assert_eq!(retry.budget().unwrap().retries(), 0);
 
     // Half-open: trip it, let the open period pass, then probe. Probes classified as ignored
     // give their slot back, so the breaker stays half-open for the whole measurement.
