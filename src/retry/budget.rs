@@ -217,6 +217,7 @@ impl RetryBudgetBuilder {
                 deposit_units,
                 reserve_units,
                 stripes,
+                BUCKETS,
                 Some(Ticker::new(self.ttl / BUCKETS as u32, BUCKETS as u64)),
             )),
         })
@@ -257,6 +258,8 @@ pub(crate) struct BudgetState {
     /// The epoch the buckets have reached, and who is moving them.
     epoch: AtomicU64,
     advancing: AtomicBool,
+    /// Buckets in the window (10, but for the loom models, which need fewer steps).
+    buckets: usize,
     /// Withdrawals refused.
     refused: AtomicU64,
     /// Which stripe the next service clone takes.
@@ -269,8 +272,12 @@ impl BudgetState {
         deposit_units: u64,
         reserve_units: u64,
         stripes: usize,
+        buckets: usize,
         ticker: Option<Ticker>,
     ) -> BudgetState {
+        // At least 2, so that the current bucket is never also the oldest; at most 256, what
+        // the retry word has room for.
+        let buckets = buckets.clamp(2, 1 << BUCKET_BITS);
         let zeroed = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
         BudgetState {
             deposit_units,
@@ -279,8 +286,9 @@ impl BudgetState {
                 .map(|_| Padded(AtomicU64::new(0)))
                 .collect(),
             retries: Padded(AtomicU64::new(0)),
-            deposit_marks: zeroed(BUCKETS),
-            retry_marks: zeroed(BUCKETS),
+            deposit_marks: zeroed(buckets),
+            retry_marks: zeroed(buckets),
+            buckets,
             epoch: AtomicU64::new(0),
             advancing: AtomicBool::new(false),
             refused: AtomicU64::new(0),
@@ -318,7 +326,7 @@ impl BudgetState {
         loop {
             let bucket = ((word >> BUCKET_SHIFT) & BUCKET_MASK) as usize;
             let retries = word & TOTAL_MASK;
-            let oldest = (bucket + 1) % BUCKETS;
+            let oldest = (bucket + 1) % self.buckets;
             // The retry mark before the deposit mark: see `advance_to`.
             let used = retries.wrapping_sub(self.retry_marks[oldest].load(Ordering::Acquire));
             let allowed = self.allowed_units(bucket);
@@ -342,7 +350,7 @@ impl BudgetState {
 
     /// Thousandths of a token the window allows in all, with `bucket` current.
     fn allowed_units(&self, bucket: usize) -> u64 {
-        let oldest = (bucket + 1) % BUCKETS;
+        let oldest = (bucket + 1) % self.buckets;
         let deposits = self
             .total_deposits()
             .wrapping_sub(self.deposit_marks[oldest].load(Ordering::Acquire));
@@ -355,7 +363,7 @@ impl BudgetState {
     fn window(&self) -> (u64, u64) {
         let word = self.retries.0.load(Ordering::Acquire);
         let bucket = ((word >> BUCKET_SHIFT) & BUCKET_MASK) as usize;
-        let oldest = (bucket + 1) % BUCKETS;
+        let oldest = (bucket + 1) % self.buckets;
         let used =
             (word & TOTAL_MASK).wrapping_sub(self.retry_marks[oldest].load(Ordering::Acquire));
         (self.allowed_units(bucket), used)
@@ -374,13 +382,14 @@ impl BudgetState {
         }
         let mut current = self.epoch.load(Ordering::Relaxed);
         // More than a whole window: the buckets in between hold nothing, so only the last
-        // `BUCKETS` steps matter.
-        if epoch > current + BUCKETS as u64 {
-            current = epoch - BUCKETS as u64;
+        // `buckets` steps matter.
+        let buckets = self.buckets as u64;
+        if epoch > current + buckets {
+            current = epoch - buckets;
         }
         while current < epoch {
             current += 1;
-            let bucket = (current % BUCKETS as u64) as usize;
+            let bucket = (current % buckets) as usize;
             // The new bucket replaces the oldest one. Marks are written deposits first,
             // retries second (Release), and read retries first, deposits second (Acquire),
             // so a reader may see the new deposit mark with the old retry mark (fewer tokens,
@@ -435,7 +444,7 @@ mod tests {
 
     /// 10% per request and a reserve of `reserve` tokens, no timer.
     fn budget(ratio_units: u64, reserve: u64) -> BudgetState {
-        BudgetState::new(ratio_units, reserve * UNIT, 2, None)
+        BudgetState::new(ratio_units, reserve * UNIT, 2, BUCKETS, None)
     }
 
     #[test]

@@ -71,6 +71,8 @@ mod budget;
 mod error;
 mod future;
 mod layer;
+#[cfg(all(test, loom))]
+mod loom;
 mod policy;
 
 use std::fmt;
