@@ -72,6 +72,7 @@ use tower::{Layer, Service};
 use tower_firebreak::circuit_breaker::{
     CircuitBreaker, CircuitBreakerLayer, CircuitBreakerLayerBuilder, Handle, State,
 };
+use tower_firebreak::error::BoxError;
 use tower_resilience_circuitbreaker as resilience;
 
 /// A request the inner service answers with success.
@@ -388,8 +389,28 @@ fn bench_open(c: &mut Criterion) {
         trip(failsafe_consecutive(5, AN_HOUR)),
     );
     rejected(&mut group, "recloser", trip(recloser_rate()));
+    // The floor of a rejection that returns a boxed error: allocating and freeing a 24-byte
+    // error (the size of `CircuitOpen`), nothing else.
+    group.bench_function("box_24_byte_error_alone", |b| {
+        b.iter(|| {
+            let error: BoxError = Box::new(TwentyFourBytes(black_box([1, 2, 3])));
+            drop(black_box(error));
+        })
+    });
     group.finish();
 }
+
+/// An error the size of `CircuitOpen`, for the allocation floor in `open_rejection`.
+#[derive(Debug)]
+struct TwentyFourBytes([u64; 3]);
+
+impl fmt::Display for TwentyFourBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl std::error::Error for TwentyFourBytes {}
 
 // ---- Contended ----
 
