@@ -33,6 +33,7 @@ use tower::layer::util::Stack;
 
 use crate::circuit_breaker::CircuitBreakerLayer;
 use crate::error::ConfigError;
+use crate::load_shed::LoadShedLayer;
 use crate::retry::RetryLayer;
 use crate::timeout::{DeadlineLayer, TimeoutLayer};
 
@@ -80,6 +81,12 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed + Sized {
         self,
         layer: RetryLayer<P, R>,
     ) -> ServiceBuilder<Stack<RetryLayer<P, R>, L>>;
+
+    /// Rejects calls beyond `layer`'s concurrency limit with
+    /// [`Overloaded`](crate::load_shed::Overloaded), built (and checked) with
+    /// [`LoadShedLayer::builder`]. Takes the layer so that several stacks can share its limit.
+    /// (Not `load_shed`: tower's `ServiceBuilder` has an inherent method of that name.)
+    fn load_shed_with(self, layer: LoadShedLayer) -> ServiceBuilder<Stack<LoadShedLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -108,6 +115,10 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: RetryLayer<P, R>,
     ) -> ServiceBuilder<Stack<RetryLayer<P, R>, L>> {
+        self.layer(layer)
+    }
+
+    fn load_shed_with(self, layer: LoadShedLayer) -> ServiceBuilder<Stack<LoadShedLayer, L>> {
         self.layer(layer)
     }
 }

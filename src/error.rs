@@ -60,6 +60,10 @@ pub enum ErrorKind {
     /// ([`CircuitOpen`](crate::circuit_breaker::CircuitOpen)). Retrying before its
     /// [`retry_after`](ErrorKind::retry_after) only adds load.
     CircuitOpen,
+    /// A service at its concurrency limit rejected the call without trying
+    /// ([`Overloaded`](crate::load_shed::Overloaded)). Retrying before its
+    /// [`retry_after`](ErrorKind::retry_after) only adds load.
+    Overloaded,
     /// A failed call was not retried because the retry budget was empty
     /// ([`BudgetExhausted`](crate::retry::BudgetExhausted), whose source is the last
     /// attempt's error). The dependency is failing broadly; back off.
@@ -101,6 +105,9 @@ impl ErrorKind {
             if e.is::<crate::circuit_breaker::CircuitOpen>() {
                 return ErrorKind::CircuitOpen;
             }
+            if e.is::<crate::load_shed::Overloaded>() {
+                return ErrorKind::Overloaded;
+            }
             if e.is::<crate::retry::BudgetExhausted>() {
                 return ErrorKind::RetryBudgetExhausted;
             }
@@ -126,6 +133,9 @@ impl ErrorKind {
             let e = current?;
             if let Some(open) = e.downcast_ref::<crate::circuit_breaker::CircuitOpen>() {
                 return open.retry_after();
+            }
+            if let Some(overloaded) = e.downcast_ref::<crate::load_shed::Overloaded>() {
+                return Some(overloaded.retry_after());
             }
             current = e.source();
         }

@@ -60,6 +60,7 @@ pub mod builder;
 pub mod circuit_breaker;
 pub mod clock;
 pub mod error;
+pub mod load_shed;
 pub mod retry;
 pub mod timeout;
 

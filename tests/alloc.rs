@@ -15,6 +15,7 @@ use tower::{Layer, Service, ServiceBuilder};
 use tower_firebreak::ServiceBuilderExt;
 use tower_firebreak::circuit_breaker::{CircuitBreakerLayer, Outcome, State};
 use tower_firebreak::error::BoxError;
+use tower_firebreak::load_shed::LoadShedLayer;
 use tower_firebreak::retry::RetryLayer;
 use tower_firebreak::timeout::deadline;
 
@@ -256,6 +257,24 @@ fn no_layer_allocates_per_call() {
         );
     }
     assert_eq!(retry.budget().unwrap().retries(), 0);
+
+    // Load shedding, admitted calls (ready and pending).
+    let shed = LoadShedLayer::builder().max_concurrency(8).build().unwrap();
+    let mut shed_ready = shed.layer(Ready);
+    let mut shed_pending = shed.layer(Slow);
+    for request in 1..=100 {
+        assert_eq!(
+            allocations_per_call(&mut shed_ready, request),
+            0,
+            "load shed, ready"
+        );
+        assert_eq!(
+            allocations_per_call(&mut shed_pending, request),
+            0,
+            "load shed, pending"
+        );
+    }
+    assert_eq!(shed.in_flight(), 0);
 
     // Half-open: trip it, let the open period pass, then probe. Probes classified as ignored
     // give their slot back, so the breaker stays half-open for the whole measurement.

@@ -44,9 +44,9 @@
 //!
 //! 1. The [`RetryPolicy`] decides ([`RetryErrors`] by default: every error, no response).
 //! 2. Errors that say to back off are never retried, whatever the policy says: an open
-//!    circuit breaker, an exhausted inner retry budget, a passed deadline (and, when the
-//!    load-shedding layer lands, an overloaded service). Retrying them only adds load to
-//!    something that asked for less, so retries stay at one layer of the stack.
+//!    circuit breaker, an overloaded service, an exhausted inner retry budget, a passed
+//!    deadline. Retrying them only adds load to something that asked for less, so retries
+//!    stay at one layer of the stack.
 //! 3. No more than [`max_attempts`](RetryLayerBuilder::max_attempts) attempts, and only if
 //!    the request could be copied ([`CloneRequest`]; a request that cannot is not retried).
 //! 4. The delay is the error's retry-after hint if it has one (or the policy's

@@ -104,6 +104,9 @@ impl<Request: Clone> CloneRequest<Request> for CloneRequests {
 pub(crate) fn must_not_retry(err: &BoxError) -> bool {
     matches!(
         ErrorKind::of(&**err),
-        ErrorKind::DeadlineExceeded | ErrorKind::CircuitOpen | ErrorKind::RetryBudgetExhausted
+        ErrorKind::DeadlineExceeded
+            | ErrorKind::CircuitOpen
+            | ErrorKind::Overloaded
+            | ErrorKind::RetryBudgetExhausted
     )
 }
