@@ -384,8 +384,8 @@ impl<C> CircuitBreakerLayerBuilder<C> {
     }
 
     /// How many success counters (one cache line each) to spread service clones over, from 1
-    /// to 1024. Default: twice the available parallelism, so that threads using their own
-    /// clones rarely share one.
+    /// to 1024, rounded up to a power of two. Default: twice the available parallelism, so
+    /// that threads using their own clones rarely share one.
     pub fn stripes(mut self, stripes: usize) -> Self {
         self.stripes = Some(stripes);
         self

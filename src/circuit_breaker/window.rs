@@ -145,6 +145,7 @@ pub(crate) struct Window {
     /// Successes: per stripe, one counter per bucket (one bucket unless the model is a time
     /// window), on cache lines of their own. Every service clone picks a stripe when created.
     successes: Box<[Line]>,
+    /// A power of two, so that a clone's stripe is found with a mask, not a division.
     stripes: usize,
     lines_per_stripe: usize,
     /// Failures and slow calls are rarer; one shared counter per bucket.
@@ -224,7 +225,7 @@ fn failures_needed(rate: f64, calls: u64) -> u64 {
 
 impl Window {
     pub(crate) fn new(model: Model, stripes: usize) -> Window {
-        let stripes = stripes.max(1);
+        let stripes = stripes.max(1).next_power_of_two();
         let buckets = model.buckets();
         let lines_per_stripe = buckets.div_ceil(PER_LINE);
         Window {
@@ -260,7 +261,7 @@ impl Window {
 
     #[inline]
     fn success_counter(&self, stripe: usize, bucket: usize) -> &AtomicU64 {
-        let line = (stripe % self.stripes) * self.lines_per_stripe + bucket / PER_LINE;
+        let line = (stripe & (self.stripes - 1)) * self.lines_per_stripe + bucket / PER_LINE;
         &self.successes[line].0[bucket % PER_LINE]
     }
 

@@ -151,6 +151,11 @@ impl Backoff {
         }
     }
 
+    /// Whether delays are drawn at random (any jitter but none).
+    pub(crate) fn is_random(&self) -> bool {
+        self.jitter != Jitter::None
+    }
+
     /// The longest delay this backoff can return.
     pub(crate) fn cap(&self) -> Duration {
         match self.shape {

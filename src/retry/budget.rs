@@ -163,7 +163,7 @@ impl RetryBudgetBuilder {
     }
 
     /// How many deposit counters (one cache line each) to spread service clones over, from 1
-    /// to 1024. Default: twice the available parallelism.
+    /// to 1024, rounded up to a power of two. Default: twice the available parallelism.
     pub fn stripes(mut self, stripes: usize) -> Self {
         self.stripes = Some(stripes);
         self
@@ -282,7 +282,8 @@ impl BudgetState {
         BudgetState {
             deposit_units,
             reserve_units,
-            deposits: (0..stripes.max(1))
+            // A power of two, so that a stripe is found with a mask, not a division.
+            deposits: (0..stripes.max(1).next_power_of_two())
                 .map(|_| Padded(AtomicU64::new(0)))
                 .collect(),
             retries: Padded(AtomicU64::new(0)),
@@ -299,7 +300,7 @@ impl BudgetState {
 
     /// The stripe for a new service clone, round robin.
     pub(crate) fn take_stripe(&self) -> usize {
-        (self.next_stripe.fetch_add(1, Ordering::Relaxed) % self.deposits.len() as u64) as usize
+        (self.next_stripe.fetch_add(1, Ordering::Relaxed) as usize) & (self.deposits.len() - 1)
     }
 
     /// A request arrived: deposit its share.
@@ -307,7 +308,7 @@ impl BudgetState {
     pub(crate) fn deposit(&self, stripe: usize) {
         // Relaxed: a count that only grows; a withdrawal that misses the newest deposits
         // only errs on the side of refusing.
-        self.deposits[stripe % self.deposits.len()]
+        self.deposits[stripe & (self.deposits.len() - 1)]
             .0
             .fetch_add(1, Ordering::Relaxed);
     }

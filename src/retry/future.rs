@@ -12,8 +12,8 @@ use rand::rngs::SmallRng;
 use tokio::time::{Sleep, sleep};
 use tower::Service;
 
+use super::Local;
 use super::error::BudgetExhausted;
-use super::layer::Settings;
 use super::policy::{CloneRequest, Decision, RetryPolicy, must_not_retry};
 use crate::error::{BoxError, ErrorKind};
 use crate::timeout::deadline;
@@ -37,7 +37,7 @@ pin_project! {
         spare: Option<Request>,
         attempt: u32,
         previous_delay: Option<Duration>,
-        settings: Arc<Settings>,
+        local: Arc<Local>,
         policy: P,
         cloner: R,
     }
@@ -47,7 +47,8 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Attempting { #[pin] response: F },
-        Waiting { #[pin] delay: Sleep },
+        // Boxed: only a retry pays for the timer's room, not every call's future.
+        Waiting { delay: Pin<Box<Sleep>> },
         // Waiting for the service to be ready for the next attempt.
         Readying,
     }
@@ -69,7 +70,7 @@ where
         response: S::Future,
         service: S,
         spare: Option<Request>,
-        settings: Arc<Settings>,
+        local: Arc<Local>,
         policy: P,
         cloner: R,
     ) -> Self {
@@ -79,7 +80,7 @@ where
             spare,
             attempt: 1,
             previous_delay: None,
-            settings,
+            local,
             policy,
             cloner,
         }
@@ -106,7 +107,7 @@ where
                         *this.attempt,
                         this.spare.is_some(),
                         *this.previous_delay,
-                        this.settings,
+                        this.local,
                         this.policy,
                     );
                     match next {
@@ -127,14 +128,14 @@ where
                                 this.state.set(State::Readying);
                             } else {
                                 this.state.set(State::Waiting {
-                                    delay: sleep(delay),
+                                    delay: Box::pin(sleep(delay)),
                                 });
                             }
                         }
                     }
                 }
                 StateProj::Waiting { delay } => {
-                    ready!(delay.poll(cx));
+                    ready!(delay.as_mut().poll(cx));
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
@@ -144,7 +145,7 @@ where
                         unreachable!("a retry is only scheduled with a copy of the request")
                     };
                     *this.attempt += 1;
-                    if *this.attempt < this.settings.max_attempts {
+                    if *this.attempt < this.local.settings.max_attempts {
                         *this.spare = this.cloner.clone_request(&request);
                     }
                     let response = this.service.call(request);
@@ -157,14 +158,16 @@ where
 
 /// Decides what follows attempt number `attempt`. The order of the checks matters: the
 /// budget is asked last, so that a retry that would not happen anyway takes no token.
+#[inline]
 fn next_step<T, P: RetryPolicy<T>>(
     result: &Result<T, BoxError>,
     attempt: u32,
     have_copy: bool,
     previous_delay: Option<Duration>,
-    settings: &Settings,
+    local: &Local,
     policy: &P,
 ) -> Next {
+    let settings = &local.settings;
     let decision = policy.decide(result);
     if decision == Decision::Return {
         return Next::Return;
@@ -185,7 +188,14 @@ fn next_step<T, P: RetryPolicy<T>>(
     let delay = match hint {
         Some(hint) => hint.min(settings.max_retry_after),
         None => {
-            let mut rng = SmallRng::seed_from_u64(settings.next_seed());
+            // Seeding a generator costs more than the rest of the decision: only jitter needs
+            // one.
+            let seed = if settings.backoff.is_random() {
+                local.next_seed()
+            } else {
+                0
+            };
+            let mut rng = SmallRng::seed_from_u64(seed);
             settings.backoff.delay(attempt, previous_delay, &mut rng)
         }
     };

@@ -20,21 +20,30 @@ const LAYER: &str = "RetryLayer";
 /// The most attempts a request may be given (the first one included).
 const MAX_ATTEMPTS: u32 = 100;
 
-/// What every service and response future of one layer shares.
+/// What every service of one layer shares; read-only once built, but for the seed that
+/// each new service clone draws from.
 pub(crate) struct Settings {
     pub(crate) max_attempts: u32,
     pub(crate) backoff: Backoff,
     pub(crate) max_retry_after: Duration,
     pub(crate) budget: Option<RetryBudget>,
-    /// Seeds the jitter: each retry draws from a generator seeded with the next value.
+    /// Gives each service clone the seed of its own jitter generator.
     seed: AtomicU64,
 }
 
 impl Settings {
-    pub(crate) fn next_seed(&self) -> u64 {
-        self.seed
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+    /// The jitter seed for a new service clone: consecutive clones get unrelated seeds.
+    pub(crate) fn seed_for_clone(&self) -> u64 {
+        mix(self.seed.fetch_add(1, Ordering::Relaxed))
     }
+}
+
+/// SplitMix64's finaliser: spreads consecutive integers over the whole 64-bit range.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 impl fmt::Debug for Settings {

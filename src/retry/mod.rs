@@ -89,6 +89,7 @@ use self::layer::Settings;
 pub use self::layer::{RetryLayer, RetryLayerBuilder};
 pub use self::policy::{CloneRequest, CloneRequests, Decision, RetryErrors, RetryPolicy};
 use crate::error::BoxError;
+use crate::sync::{AtomicU64, Ordering};
 use crate::ticker::Ticker;
 
 /// A service whose failed calls are retried. Made by [`RetryLayer`]; see the
@@ -99,23 +100,47 @@ use crate::ticker::Ticker;
 /// service again (as `tower::retry` does).
 pub struct Retry<S, P = RetryErrors, R = CloneRequests> {
     inner: S,
-    settings: Arc<Settings>,
-    /// This clone's deposit counter in the budget.
-    stripe: usize,
+    local: Arc<Local>,
     policy: P,
     cloner: R,
 }
 
-impl<S, P, R> Retry<S, P, R> {
-    fn new(inner: S, settings: Arc<Settings>, policy: P, cloner: R) -> Self {
+/// What one service clone shares with its response futures. Each clone has its own, so the
+/// reference count a call touches (and the jitter seed a retry draws) is not one that other
+/// threads' calls touch; the alignment keeps two clones' counts off one cache line.
+#[repr(align(128))]
+pub(crate) struct Local {
+    pub(crate) settings: Arc<Settings>,
+    /// This clone's deposit counter in the budget.
+    stripe: usize,
+    /// Seeds the jitter: each retry draws from a generator seeded with the next value.
+    seed: AtomicU64,
+}
+
+impl Local {
+    fn new(settings: Arc<Settings>) -> Arc<Local> {
         let stripe = settings
             .budget
             .as_ref()
             .map_or(0, |budget| budget.state.take_stripe());
-        Retry {
-            inner,
+        let seed = AtomicU64::new(settings.seed_for_clone());
+        Arc::new(Local {
             settings,
             stripe,
+            seed,
+        })
+    }
+
+    pub(crate) fn next_seed(&self) -> u64 {
+        self.seed.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl<S, P, R> Retry<S, P, R> {
+    fn new(inner: S, settings: Arc<Settings>, policy: P, cloner: R) -> Self {
+        Retry {
+            inner,
+            local: Local::new(settings),
             policy,
             cloner,
         }
@@ -138,7 +163,7 @@ impl<S, P, R> Retry<S, P, R> {
 
     /// The retry budget, if the layer has one.
     pub fn budget(&self) -> Option<&RetryBudget> {
-        self.settings.budget.as_ref()
+        self.local.settings.budget.as_ref()
     }
 }
 
@@ -146,7 +171,7 @@ impl<S: Clone, P: Clone, R: Clone> Clone for Retry<S, P, R> {
     fn clone(&self) -> Self {
         Retry::new(
             self.inner.clone(),
-            Arc::clone(&self.settings),
+            Arc::clone(&self.local.settings),
             self.policy.clone(),
             self.cloner.clone(),
         )
@@ -157,7 +182,7 @@ impl<S: fmt::Debug, P, R> fmt::Debug for Retry<S, P, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("settings", &self.settings)
+            .field("settings", &self.local.settings)
             .finish_non_exhaustive()
     }
 }
@@ -178,11 +203,12 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        if let Some(budget) = &self.settings.budget {
+        let local = &self.local;
+        if let Some(budget) = &local.settings.budget {
             Ticker::keep_moving(&budget.state);
-            budget.state.deposit(self.stripe);
+            budget.state.deposit(local.stripe);
         }
-        let spare = if self.settings.max_attempts > 1 {
+        let spare = if local.settings.max_attempts > 1 {
             self.cloner.clone_request(&request)
         } else {
             None
@@ -195,7 +221,7 @@ where
             response,
             service,
             spare,
-            Arc::clone(&self.settings),
+            Arc::clone(&self.local),
             self.policy.clone(),
             self.cloner.clone(),
         )
