@@ -79,7 +79,7 @@ impl<C> Permit<C> {
         match (kind, outcome) {
             (Kind::Settled, _) | (Kind::Closed(_), Outcome::Ignored) => {}
             (Kind::Closed(generation), Outcome::Success) => {
-                shared.window.record_success(local.stripe);
+                shared.window.record_success(local.stripe, generation);
                 if slow && shared.window.record_slow(generation) {
                     trip(shared, generation, TransitionReason::SlowCallThreshold);
                 }

@@ -35,7 +35,7 @@ const SUCCEEDED_SHIFT: u32 = FINISHED_SHIFT + COUNT_BITS;
 const GENERATION_SHIFT: u32 = SUCCEEDED_SHIFT + COUNT_BITS;
 const PHASE_MASK: u64 = (1 << PHASE_BITS) - 1;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-const GENERATION_BITS: u32 = 64 - GENERATION_SHIFT;
+pub(crate) const GENERATION_BITS: u32 = 64 - GENERATION_SHIFT;
 
 /// The most half-open probes a breaker can be configured with (the counters hold up to 2047;
 /// the margin keeps "admitted + 1" from overflowing even if a bug ever let it pass the limit).

@@ -28,7 +28,7 @@
 
 use crate::sync::{AtomicBool, AtomicU64, Ordering, Padded};
 
-use super::state::{GENERATION_MASK, is_older};
+use super::state::{GENERATION_BITS, GENERATION_MASK, is_older};
 
 /// Counters per cache line: 16 × 8 bytes fill one 128-byte [`Padded`] line.
 const PER_LINE: usize = 16;
@@ -44,8 +44,9 @@ fn zeroed(count: usize) -> Box<[AtomicU64]> {
     (0..count).map(|_| AtomicU64::new(0)).collect()
 }
 
-/// How ring entries and cycle markers pack a generation with a call index.
-const INDEX_BITS: u32 = 40;
+/// How ring entries and cycle markers pack a generation (28 bits, as in the state word) with
+/// a call index (36 bits).
+const INDEX_BITS: u32 = 64 - GENERATION_BITS;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
 
 fn pack(generation: u32, index: u64) -> u64 {
@@ -56,7 +57,7 @@ fn unpack(packed: u64) -> (u32, u64) {
     ((packed >> INDEX_BITS) as u32, packed & INDEX_MASK)
 }
 
-/// `later - earlier` in the 40-bit index space. Indices are kept modulo 2^40 (about 10^12
+/// `later - earlier` in the 36-bit index space. Indices are kept modulo 2^36 (about 7 × 10^10
 /// calls); distances are only ever taken between indices of the same closed cycle that are
 /// at most `n` calls apart, so the wrap is harmless.
 fn distance(earlier: u64, later: u64) -> u64 {
@@ -83,11 +84,17 @@ pub(crate) enum Model {
 #[derive(Debug)]
 pub(crate) struct Consecutive {
     threshold: u32,
-    /// Set by a success, cleared by the next failure, which then starts a new run.
-    success_seen: AtomicBool,
-    /// The current run of failures: the generation it belongs to and its length.
+    /// The current run of failures: the generation it belongs to, its length, and whether a
+    /// success of that generation has ended it ([`BROKEN`]; the next failure then starts a
+    /// new run). One word, so that a success and a failure of the same cycle cannot miss
+    /// each other, and an outcome of another cycle can be told apart and ignored.
     run: AtomicU64,
 }
+
+/// In a consecutive run word: a success ended the run.
+const BROKEN: u64 = 1 << (INDEX_BITS - 1);
+/// In a consecutive run word: the run's length.
+const LENGTH_MASK: u64 = BROKEN - 1;
 
 /// Trips when at least `rate` of the last `calls` calls failed (or, with slow-call detection,
 /// when at least the slow rate of them were slow).
@@ -160,7 +167,6 @@ impl Model {
     pub(crate) fn consecutive(threshold: u32) -> Model {
         Model::Consecutive(Consecutive {
             threshold,
-            success_seen: AtomicBool::new(false),
             run: AtomicU64::new(pack(0, 0)),
         })
     }
@@ -265,22 +271,32 @@ impl Window {
         &self.successes[line].0[bucket % PER_LINE]
     }
 
-    /// A call admitted while closed succeeded. The hot path: one increment of the caller's
-    /// own stripe (in the current bucket), plus, for the consecutive model, a read of a flag
-    /// that is almost always already set.
+    /// A call admitted while closed in cycle `generation` succeeded. The hot path: a read of
+    /// the cycle (or run) word, which only changes on failures and transitions, and one
+    /// increment of the caller's own stripe (in the current bucket). A success of an earlier
+    /// cycle counts in the totals only.
     #[inline]
-    pub(crate) fn record_success(&self, stripe: usize) {
+    pub(crate) fn record_success(&self, stripe: usize, generation: u32) {
+        let counts = match &self.model {
+            Model::Consecutive(model) => {
+                model.on_success(generation);
+                true
+            }
+            Model::Rate(model) => model
+                .cycle_start(generation, || self.live_calls())
+                .is_some(),
+            Model::Time(model) => self.join_time_cycle(model, generation),
+        };
+        if !counts {
+            self.retired[0].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let bucket = self.bucket();
         // Relaxed: a count, read only to evaluate failures, which tolerate a call in flight.
         // (The bucket was read with Acquire, which orders this increment after the emptying
         // of that bucket: see `advance_to`.)
         self.success_counter(stripe, bucket)
             .fetch_add(1, Ordering::Relaxed);
-        if let Model::Consecutive(model) = &self.model
-            && !model.success_seen.load(Ordering::Relaxed)
-        {
-            model.success_seen.store(true, Ordering::Relaxed);
-        }
     }
 
     /// A call admitted while closed in cycle `generation` failed. Returns whether the model
@@ -292,9 +308,14 @@ impl Window {
                 model.on_failure(generation)
             }
             Model::Rate(model) => {
+                let Some(start) = model.cycle_start(generation, || self.live_calls()) else {
+                    // From an earlier cycle: it counts in the totals, not in the window.
+                    self.retired[1].fetch_add(1, Ordering::Relaxed);
+                    return false;
+                };
                 let failures_before = self.failures[0].fetch_add(1, Ordering::Relaxed);
-                let index = self.total_successes() + failures_before + 1;
-                model.on_failure(generation, index)
+                let index = self.live_successes() + failures_before + 1;
+                model.on_failure(generation, index, start)
             }
             Model::Time(model) => {
                 if !self.join_time_cycle(model, generation) {
@@ -318,10 +339,14 @@ impl Window {
                 false
             }
             Model::Rate(model) => {
+                let Some(start) = model.cycle_start(generation, || self.live_calls()) else {
+                    self.retired[2].fetch_add(1, Ordering::Relaxed);
+                    return false;
+                };
                 self.slow[0].fetch_add(1, Ordering::Relaxed);
                 // This call was counted when it was recorded, so it is the latest one.
-                let index = self.total_calls();
-                model.on_slow(generation, index)
+                let index = self.live_calls();
+                model.on_slow(generation, index, start)
             }
             Model::Time(model) => {
                 if !self.join_time_cycle(model, generation) {
@@ -339,7 +364,7 @@ impl Window {
     pub(crate) fn start_cycle(&self, generation: u32) {
         match &self.model {
             Model::Consecutive(model) => model.start_cycle(generation),
-            Model::Rate(model) => model.start_cycle(generation, self.total_calls()),
+            Model::Rate(model) => model.start_cycle(generation, self.live_calls()),
             Model::Time(model) => {
                 self.join_time_cycle(model, generation);
             }
@@ -465,15 +490,22 @@ impl Window {
         self.total_successes() + self.total_failures()
     }
 
+    /// Calls in the live counters: the call-index space of a count window (outcomes of
+    /// earlier cycles go straight to the totals and take no index).
+    fn live_calls(&self) -> u64 {
+        self.live_successes() + sum(&self.failures)
+    }
+
     /// For the metrics snapshot: calls, failures and slow calls in the current window of
     /// cycle `generation` (for the consecutive model, the current run of failures). For a
     /// count window, failures and slow calls are counted up to the number that trips.
     pub(crate) fn in_window(&self, generation: u32) -> Counts {
         match &self.model {
             Model::Consecutive(model) => {
-                let (run_generation, length) = unpack(model.run.load(Ordering::Acquire));
-                let length = if run_generation == generation {
-                    length
+                let (run_generation, run) = unpack(model.run.load(Ordering::Acquire));
+                // A run a success has ended, or of another cycle, is no run.
+                let length = if run_generation == generation && run & BROKEN == 0 {
+                    run & LENGTH_MASK
                 } else {
                     0
                 };
@@ -483,7 +515,7 @@ impl Window {
                     slow: 0,
                 }
             }
-            Model::Rate(model) => model.in_window(generation, self.total_calls()),
+            Model::Rate(model) => model.in_window(generation, self.live_calls()),
             Model::Time(model) => {
                 let (current, _) = unpack(model.cycle.load(Ordering::Acquire));
                 if current == generation {
@@ -504,19 +536,42 @@ fn sum(counters: &[AtomicU64]) -> u64 {
 }
 
 impl Consecutive {
+    /// A success of cycle `generation` ends the current run of that cycle. In steady state
+    /// (the run already ended, or no failure yet in this cycle) it is one load.
+    #[inline]
+    fn on_success(&self, generation: u32) {
+        let mut current = self.run.load(Ordering::Relaxed);
+        loop {
+            let (run_generation, run) = unpack(current);
+            // A run of another cycle: an older success is stale, and a newer cycle has no
+            // run to end yet (its first failure starts one).
+            if run_generation != generation || run & BROKEN != 0 {
+                return;
+            }
+            match self.run.compare_exchange_weak(
+                current,
+                pack(generation, run | BROKEN),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
     fn on_failure(&self, generation: u32) -> bool {
-        // A success since the previous failure ends that run.
-        let broken = self.success_seen.swap(false, Ordering::Relaxed);
         let mut current = self.run.load(Ordering::Acquire);
         loop {
-            let (run_generation, length) = unpack(current);
+            let (run_generation, run) = unpack(current);
             if is_older(generation, run_generation) {
                 return false; // from an earlier closed cycle
             }
-            let length = if broken || run_generation != generation {
+            // A success since the previous failure, or a new cycle, starts a new run.
+            let length = if run & BROKEN != 0 || run_generation != generation {
                 1
             } else {
-                length + 1
+                (run & LENGTH_MASK) + 1
             };
             match self.run.compare_exchange_weak(
                 current,
@@ -581,30 +636,26 @@ impl Recent {
 }
 
 impl Rate {
-    /// Call number `index` failed, in cycle `generation`.
-    fn on_failure(&self, generation: u32, index: u64) -> bool {
-        let Some(start) = self.cycle_start(generation, index - 1) else {
-            return false; // from an earlier closed cycle
-        };
+    /// Call number `index` failed, in cycle `generation`, which started after call `start`.
+    fn on_failure(&self, generation: u32, index: u64, start: u64) -> bool {
         self.failures
             .record(generation, index, start, self.calls, self.min_calls)
     }
 
-    /// Call number `index` was slow, in cycle `generation`.
-    fn on_slow(&self, generation: u32, index: u64) -> bool {
+    /// Call number `index` was slow, in cycle `generation`, which started after call `start`.
+    fn on_slow(&self, generation: u32, index: u64, start: u64) -> bool {
         let Some(slow) = &self.slow else {
-            return false;
-        };
-        let Some(start) = self.cycle_start(generation, index.saturating_sub(1)) else {
             return false;
         };
         slow.record(generation, index, start, self.calls, self.min_calls)
     }
 
-    /// The call index cycle `generation` started after, starting the cycle now if nobody has
-    /// yet (a failure can arrive between the close and `start_cycle`). `None` if `generation`
-    /// is older than the current cycle.
-    fn cycle_start(&self, generation: u32, index_if_new: u64) -> Option<u64> {
+    /// The call index cycle `generation` started after, starting the cycle now (after the
+    /// calls counted so far) if nobody has yet: an outcome can arrive between the close and
+    /// `start_cycle`. `None` if `generation` is older than the current cycle. One load when
+    /// the cycle is the current one.
+    #[inline]
+    fn cycle_start(&self, generation: u32, calls_now: impl FnOnce() -> u64) -> Option<u64> {
         let (cycle_generation, start) = unpack(self.cycle.load(Ordering::Acquire));
         if cycle_generation == generation {
             return Some(start);
@@ -612,7 +663,7 @@ impl Rate {
         if is_older(generation, cycle_generation) {
             return None;
         }
-        advance_marker(&self.cycle, generation, index_if_new);
+        advance_marker(&self.cycle, generation, calls_now());
         let (cycle_generation, start) = unpack(self.cycle.load(Ordering::Acquire));
         (cycle_generation == generation).then_some(start)
     }
@@ -689,7 +740,7 @@ mod tests {
         let w = Window::new(Model::consecutive(3), 2);
         assert!(!w.record_failure(0));
         assert!(!w.record_failure(0));
-        w.record_success(1);
+        w.record_success(1, 0);
         assert!(!w.record_failure(0));
         assert!(!w.record_failure(0));
         assert!(w.record_failure(0));
@@ -713,7 +764,7 @@ mod tests {
             assert!(!w.record_failure(0));
         }
         for _ in 0..6 {
-            w.record_success(0);
+            w.record_success(0, 0);
         }
         // Call 11 fails: the last 10 are calls 2..=11, with failures 2, 3, 4, 11: 4/10.
         assert!(!w.record_failure(0));
@@ -741,11 +792,12 @@ mod tests {
         let w = Window::new(Model::rate(4, 0.5, 4), 1);
         w.record_failure(0);
         w.record_failure(0);
-        w.record_success(0);
+        w.record_success(0, 0);
         w.start_cycle(3);
-        w.record_success(0);
-        w.record_success(0);
-        w.record_success(0);
+        w.record_success(0, 1); // stale: not in the window
+        w.record_success(0, 3);
+        w.record_success(0, 3);
+        w.record_success(0, 3);
         assert!(!w.record_failure(3), "1 of 4 in the new cycle");
         assert!(!w.record_failure(1), "stale");
         assert!(w.record_failure(3), "2 of the last 4");
@@ -772,12 +824,12 @@ mod tests {
     fn a_time_window_counts_the_last_buckets_and_keeps_the_totals() {
         // 50% of the last 4 buckets, at least 4 calls; 2 stripes.
         let w = Window::new(Model::time(4, 0.5, 4), 2);
-        w.record_success(0);
-        w.record_success(1);
+        w.record_success(0, 0);
+        w.record_success(1, 0);
         assert!(!w.record_failure(0), "1 of 3, under min_calls");
         w.advance_to(3);
-        w.record_success(1);
-        w.record_success(0);
+        w.record_success(1, 0);
+        w.record_success(0, 0);
         assert!(!w.record_failure(0), "2 of 6");
         assert!(!w.record_failure(0), "3 of 7");
         // Epoch 4 empties bucket 0 (epoch 0's 3 calls): 2 failures, 2 successes remain.
@@ -808,7 +860,7 @@ mod tests {
         assert!(!w.record_failure(0), "stale");
         assert_eq!(w.in_window(2), Counts::default());
         assert_eq!(w.total_failures(), 3);
-        w.record_success(0);
+        w.record_success(0, 2);
         assert!(w.record_failure(2), "1 of 2");
         // A failure of a newer cycle than the window knows starts that cycle itself.
         assert!(!w.record_failure(4), "1 of 1, under min_calls");
@@ -818,19 +870,19 @@ mod tests {
     #[test]
     fn slow_calls_are_a_rate_of_their_own() {
         let w = Window::new(Model::rate(4, 1.0, 4).with_slow_rate(0.5), 1);
-        w.record_success(0);
-        w.record_success(0);
-        w.record_success(0);
+        w.record_success(0, 0);
+        w.record_success(0, 0);
+        w.record_success(0, 0);
         assert!(!w.record_slow(0), "1 slow of 3 calls, under min_calls");
-        w.record_success(0);
+        w.record_success(0, 0);
         assert!(w.record_slow(0), "2 of the last 4");
         assert_eq!(w.in_window(0).slow, 2);
         assert_eq!(w.total_slow(), 2);
 
         let w = Window::new(Model::time(2, 1.0, 2).with_slow_rate(0.5), 1);
-        w.record_success(0);
+        w.record_success(0, 0);
         assert!(!w.record_slow(0), "under min_calls");
-        w.record_success(0);
+        w.record_success(0, 0);
         assert!(w.record_slow(0), "2 of 2");
         assert!(!Window::new(Model::consecutive(1), 1).record_slow(0));
     }
