@@ -5,10 +5,10 @@
 //! Run the models with `RUSTFLAGS="--cfg loom" cargo test --release --lib`.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
 /// An atomic alone on its cache line (128 bytes covers adjacent-line prefetching), so that
 /// threads writing neighbouring counters do not slow each other down.

@@ -1075,3 +1075,40 @@ async fn a_response_ready_at_once_is_never_slow_and_a_slow_probe_fails() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_hangs_after_others_finished_still_reopens_the_breaker() {
+    // 3 probes, 2 successes to close: one succeeds, two hang. Without a stall check that
+    // looks at progress, half-open would reject every call forever.
+    let dep = Dependency::default();
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(1)
+        .half_open_probes(3)
+        .probe_success_ratio(0.67)
+        .open_duration(SECOND)
+        .half_open_max_wait(2 * SECOND)
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(dep.service());
+    dep.set(Mode::Fail);
+    svc.clone().oneshot(1).await.unwrap_err();
+    pass(SECOND).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+
+    dep.set(Mode::Succeed);
+    svc.clone().oneshot(1).await.unwrap();
+    dep.set(Mode::Hang);
+    let _hung = [
+        tokio::spawn(svc.clone().oneshot(2)),
+        tokio::spawn(svc.clone().oneshot(3)),
+    ];
+    settle().await;
+    // The first check (2 s into half-open) sees a probe finished: progress, keep waiting.
+    pass(2 * SECOND).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    // The next sees none finished since: the other two hang.
+    pass(2 * SECOND).await;
+    assert_eq!(handle.state(), State::Open);
+}

@@ -346,8 +346,10 @@ impl<C> CircuitBreakerLayerBuilder<C> {
         self
     }
 
-    /// If half-open probes were sent and none finished within this time (counted from the
-    /// start of half-open), open again. Greater than zero; default 30 s.
+    /// Checked every this long from the start of half-open: if probes are in flight and none
+    /// finished since the previous check, they hang, and the breaker opens again. So a probe
+    /// that hangs reopens the breaker within two waits, even after other probes finished.
+    /// Greater than zero; default 30 s.
     pub fn half_open_max_wait(mut self, wait: Duration) -> Self {
         self.half_open_max_wait = wait;
         self

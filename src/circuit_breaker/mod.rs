@@ -56,8 +56,9 @@
 //!   calls are let through, never more, under any interleaving. A probe that is cancelled,
 //!   panics or is classified as ignored gives its slot back. The breaker closes once enough
 //!   probes succeed ([`probe_success_ratio`](CircuitBreakerLayerBuilder::probe_success_ratio))
-//!   and reopens once too many failed; if probes were sent and none finished within
-//!   [`half_open_max_wait`](CircuitBreakerLayerBuilder::half_open_max_wait), it reopens.
+//!   and reopens once too many failed; if probes are in flight and none finished for a
+//!   whole [`half_open_max_wait`](CircuitBreakerLayerBuilder::half_open_max_wait), it
+//!   reopens: half-open can never be stuck.
 //! - Every transition starts a new **generation**. A call reports its outcome with the
 //!   generation it was admitted in, and an outcome from an earlier cycle changes nothing: a
 //!   slow call admitted while closed cannot close a half-open circuit.

@@ -341,7 +341,9 @@ async fn watch_half_open(shared: Weak<Shared>, generation: u32, half_open_max_wa
     };
 
     // "No probe finished for too long" is checked every `half_open_max_wait` while this
-    // half-open cycle lasts; with no traffic it keeps waiting, since no probe was sent.
+    // half-open cycle lasts: probes in flight and none finished since the previous check
+    // means they hang. With no traffic it keeps waiting, since no probe was sent.
+    let mut finished_before = 0;
     loop {
         tokio::time::sleep(half_open_max_wait).await;
         let Some(breaker) = shared.upgrade() else {
@@ -351,11 +353,12 @@ async fn watch_half_open(shared: Weak<Shared>, generation: u32, half_open_max_wa
         if now.phase != Phase::HalfOpen || now.generation != half_open {
             return;
         }
-        if let Some(transition) = breaker.state.half_open_stalled(half_open) {
+        if let Some(transition) = breaker.state.half_open_stalled(half_open, finished_before) {
             // Reopening arms a new timer task for the new open period.
             breaker.after(transition, TransitionReason::HalfOpenStalled);
             return;
         }
+        finished_before = now.finished;
     }
 }
 

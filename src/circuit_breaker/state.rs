@@ -334,14 +334,20 @@ impl StateMachine {
         })
     }
 
-    /// Half-open cycle `generation` admitted probes but none finished in time (they hang):
-    /// go back to open. A half-open breaker that admitted nothing (no traffic) stays.
-    pub(crate) fn half_open_stalled(&self, generation: u32) -> Option<Transition> {
+    /// The half-open stall check of cycle `generation`, run every maximum wait: if probes are
+    /// in flight and no probe finished since the previous check (when `finished_before` had
+    /// finished; 0 at the first check), they hang: go back to open. A half-open breaker that
+    /// admitted nothing (no traffic) stays, and so does one whose probes make progress.
+    pub(crate) fn half_open_stalled(
+        &self,
+        generation: u32,
+        finished_before: u32,
+    ) -> Option<Transition> {
         self.transition(|now| {
             (now.phase == Phase::HalfOpen
                 && now.generation == generation
-                && now.admitted > 0
-                && now.finished == 0)
+                && now.admitted > now.finished
+                && now.finished == finished_before)
                 .then(|| now.next(Phase::Open))
         })
     }
@@ -463,9 +469,9 @@ mod tests {
     fn a_stalled_half_open_reopens_only_if_probes_were_admitted() {
         let m = machine(2, 1);
         let g = open_then_half_open(&m);
-        assert_eq!(m.half_open_stalled(g), None, "no traffic: keep waiting");
+        assert_eq!(m.half_open_stalled(g, 0), None, "no traffic: keep waiting");
         m.admit();
-        let t = m.half_open_stalled(g).unwrap();
+        let t = m.half_open_stalled(g, 0).unwrap();
         assert_eq!(t.to, Phase::Open);
         // The hung probe reports long after: a different cycle now.
         assert_eq!(m.probe_finished(g, true), None);

@@ -26,7 +26,7 @@
 //! Failures carry the generation of the closed cycle they were admitted in. A failure from an
 //! earlier cycle neither counts nor resets anything.
 
-use crate::sync::{AtomicBool, AtomicU64, Ordering, Padded};
+use crate::sync::{AtomicBool, AtomicU64, Ordering, Padded, fence};
 
 use super::state::{GENERATION_BITS, GENERATION_MASK, is_older};
 
@@ -106,6 +106,22 @@ pub(crate) struct Rate {
     slow: Option<Recent>,
     /// The generation of the current closed cycle and the call index it started after.
     cycle: AtomicU64,
+}
+
+/// One event (a failure or a slow call) of a count window: call number `index` of cycle
+/// `generation`, which started after call `start`.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    generation: u32,
+    index: u64,
+    start: u64,
+}
+
+/// A count window's shape: the last `calls` calls, judged once `min_calls` were made.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    calls: u64,
+    min_calls: u64,
 }
 
 /// The call indices of the most recent events of one kind (failures, or slow calls): enough
@@ -314,8 +330,12 @@ impl Window {
                     return false;
                 };
                 let failures_before = self.failures[0].fetch_add(1, Ordering::Relaxed);
-                let index = self.live_successes() + failures_before + 1;
-                model.on_failure(generation, index, start)
+                let event = Event {
+                    generation,
+                    index: self.live_successes() + failures_before + 1,
+                    start,
+                };
+                model.on_failure(event, failures_before, &self.failures[0])
             }
             Model::Time(model) => {
                 if !self.join_time_cycle(model, generation) {
@@ -345,8 +365,11 @@ impl Window {
                 };
                 self.slow[0].fetch_add(1, Ordering::Relaxed);
                 // This call was counted when it was recorded, so it is the latest one.
-                let index = self.live_calls();
-                model.on_slow(generation, index, start)
+                model.on_slow(Event {
+                    generation,
+                    index: self.live_calls(),
+                    start,
+                })
             }
             Model::Time(model) => {
                 if !self.join_time_cycle(model, generation) {
@@ -599,18 +622,65 @@ impl Recent {
         }
     }
 
-    /// Call number `index` of cycle `generation` (which started after call `start`) was an
-    /// event of this kind. Returns whether at least `rate` of the last `min(calls, calls in
-    /// the cycle)` calls were, once the cycle has `min_calls` calls.
-    fn record(&self, generation: u32, index: u64, start: u64, calls: u64, min_calls: u64) -> bool {
-        let len = self.ring.len() as u64;
-        let slot = self.writes.fetch_add(1, Ordering::Relaxed) % len;
-        // Release: a reader that sees this entry sees a fully formed one.
-        self.ring[slot as usize].store(pack(generation, index), Ordering::Release);
+    /// `event` is of this kind (it was slow). Returns whether at least `rate` of the last
+    /// `min(calls, calls in the cycle)` calls were, once the cycle has `min_calls` calls.
+    fn record(&self, event: Event, span: Span) -> bool {
+        let number = self.writes.fetch_add(1, Ordering::Relaxed);
+        self.record_numbered(number, None, event, span)
+    }
 
-        let in_cycle = distance(start, index);
-        let window = in_cycle.min(calls);
-        if in_cycle < min_calls {
+    /// Records `event` as event number `number` of this kind, taken from `numbers` (the
+    /// counter that also gave the event its call index, so that ring order and call order
+    /// agree), and checks the rate, as [`record`](Self::record) does.
+    ///
+    /// Two events that race can each write their entry and then look for the other's before
+    /// it is written. The `SeqCst` fence between writing and looking rules that out for at
+    /// least one of them (store buffering), and that one also checks the window as of every
+    /// later-numbered event already written: so a window that reaches the rate is always
+    /// reported by at least one of the events that filled it (the state machine turns several
+    /// reports into one trip).
+    fn record_numbered(
+        &self,
+        number: u64,
+        numbers: Option<&AtomicU64>,
+        event: Event,
+        span: Span,
+    ) -> bool {
+        let len = self.ring.len() as u64;
+        let slot = number % len;
+        // Release: a reader that sees this entry sees a fully formed one.
+        self.ring[slot as usize].store(pack(event.generation, event.index), Ordering::Release);
+        fence(Ordering::SeqCst);
+        let mut trips = self.trips_at(slot, event, span);
+        if let Some(numbers) = numbers {
+            let next = numbers.load(Ordering::Relaxed);
+            for later in (number + 1)..next.min(number + len) {
+                let later_slot = later % len;
+                let (entry_generation, entry_index) =
+                    unpack(self.ring[later_slot as usize].load(Ordering::Acquire));
+                let ahead = distance(event.index, entry_index);
+                if entry_generation == (event.generation & GENERATION_MASK)
+                    && ahead > 0
+                    && ahead < span.calls
+                {
+                    let later_event = Event {
+                        index: entry_index,
+                        ..event
+                    };
+                    trips |= self.trips_at(later_slot, later_event, span);
+                }
+            }
+        }
+        trips
+    }
+
+    /// Whether the window ending at `event` (written at `slot`) reaches the rate: is the
+    /// `ceil(rate * w)`-th most recent event among its last `w` calls?
+    fn trips_at(&self, slot: u64, event: Event, span: Span) -> bool {
+        let len = self.ring.len() as u64;
+        let in_cycle = distance(event.start, event.index);
+        let window = in_cycle.min(span.calls);
+        if in_cycle < span.min_calls {
             return false;
         }
         let needed = failures_needed(self.rate, window).min(len);
@@ -618,9 +688,9 @@ impl Recent {
         let oldest = (slot + len - (needed - 1)) % len;
         let (entry_generation, entry_index) =
             unpack(self.ring[oldest as usize].load(Ordering::Acquire));
-        entry_generation == (generation & GENERATION_MASK)
+        entry_generation == (event.generation & GENERATION_MASK)
             && entry_index != 0
-            && distance(entry_index, index) < window
+            && distance(entry_index, event.index) < window
     }
 
     /// Events of cycle `generation` among the last `window` calls before call `calls`.
@@ -636,18 +706,26 @@ impl Recent {
 }
 
 impl Rate {
-    /// Call number `index` failed, in cycle `generation`, which started after call `start`.
-    fn on_failure(&self, generation: u32, index: u64, start: u64) -> bool {
-        self.failures
-            .record(generation, index, start, self.calls, self.min_calls)
+    fn span(&self) -> Span {
+        Span {
+            calls: self.calls,
+            min_calls: self.min_calls,
+        }
     }
 
-    /// Call number `index` was slow, in cycle `generation`, which started after call `start`.
-    fn on_slow(&self, generation: u32, index: u64, start: u64) -> bool {
+    /// Call number `index` failed, in cycle `generation`, which started after call `start`;
+    /// it is failure number `number` of the failure counter `numbers`.
+    fn on_failure(&self, event: Event, number: u64, numbers: &AtomicU64) -> bool {
+        self.failures
+            .record_numbered(number, Some(numbers), event, self.span())
+    }
+
+    /// `event`'s call was slow.
+    fn on_slow(&self, event: Event) -> bool {
         let Some(slow) = &self.slow else {
             return false;
         };
-        slow.record(generation, index, start, self.calls, self.min_calls)
+        slow.record(event, self.span())
     }
 
     /// The call index cycle `generation` started after, starting the cycle now (after the

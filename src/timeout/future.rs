@@ -93,7 +93,7 @@ impl<F> ResponseFuture<F> {
     }
 
     /// Whether a timer has been created for this call (for tests of the lazy arming).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn timer_armed(&self) -> bool {
         matches!(&self.state, TimeoutState::Running { sleep: Some(_), .. })
     }
@@ -281,7 +281,7 @@ impl<F> std::fmt::Debug for DeadlineFuture<F> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use std::future::{pending, ready};
     use std::pin::pin;
