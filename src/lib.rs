@@ -2,9 +2,9 @@
 //! rest of a system down.
 //!
 //! Each protection is a tower `Layer` that wraps any `Service` (axum handlers, hyper and
-//! tonic clients, `service_fn`). Today the crate provides per-attempt **timeouts**,
-//! whole-request **deadlines** and a lock-free **circuit breaker**; retries under a budget and
-//! load shedding follow.
+//! tonic clients, `service_fn`). Today the crate provides per-attempt **timeouts** and
+//! whole-request **deadlines** ([`timeout`]), **retries** under a budget ([`retry`]), a
+//! lock-free **circuit breaker** ([`circuit_breaker`]) and **load shedding** ([`load_shed`]).
 //!
 //! ```
 //! use std::time::Duration;
