@@ -328,6 +328,7 @@ async fn the_default_budget_keeps_a_total_outage_under_one_point_two_attempts_pe
     let successes = steady_load(layer.layer(dep), requests, MS).await;
     assert_eq!(successes, 0);
     let amplification = f64::from(calls.load(Ordering::SeqCst)) / f64::from(requests);
+    println!("total outage: {amplification:.3} attempts per request");
     assert!(amplification <= 1.2, "{amplification}");
     // It is the budget that stops them: 10% plus 10 a second, 1.11 at this rate.
     assert!(amplification > 1.1, "{amplification}");
@@ -350,6 +351,7 @@ async fn with_random_failures_the_budget_is_spent_on_retries_that_succeed() {
     // Each retry succeeds 70% of the time, so success = 0.7 + 0.7 × retries, give or take
     // the randomness of 20,000 draws.
     let expected = 0.7 + 0.7 * retries;
+    println!("30% failures: {retries:.4} retries per request, success {success:.4}");
     assert!(
         (success - expected).abs() < 0.015,
         "{success} vs {expected}"
