@@ -149,14 +149,19 @@ struct Watched {
     most: Arc<AtomicUsize>,
 }
 
+/// One call in progress: from `call` until it completes, or until it is dropped unfinished
+/// (the layer frees the slot as soon as the response is ready, before the caller drops it).
 struct Watch {
     in_flight: Arc<AtomicUsize>,
     yields: u32,
+    done: bool,
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if !self.done {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -164,6 +169,8 @@ impl Future for Watch {
     type Output = Result<(), BoxError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if self.yields == 0 {
+            self.done = true;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             return Poll::Ready(Ok(()));
         }
         self.yields -= 1;
@@ -185,6 +192,7 @@ impl Service<u32> for Watched {
         Watch {
             in_flight: Arc::clone(&self.in_flight),
             yields,
+            done: false,
         }
     }
 }

@@ -7,8 +7,8 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
+use super::Local;
 use super::error::Overloaded;
-use super::limit::Limiter;
 use crate::error::BoxError;
 
 /// A slot of the concurrency limit, given back when dropped: on completion, on cancellation
@@ -16,19 +16,19 @@ use crate::error::BoxError;
 /// leaks a slot.
 #[derive(Debug)]
 pub(crate) struct Permit {
-    limiter: Arc<Limiter>,
+    local: Arc<Local>,
 }
 
 impl Permit {
-    /// `limiter.try_acquire()` must have returned `true` for this permit.
-    pub(crate) fn new(limiter: Arc<Limiter>) -> Self {
-        Permit { limiter }
+    /// `local.limiter.try_acquire()` must have returned `true` for this permit.
+    pub(crate) fn new(local: Arc<Local>) -> Self {
+        Permit { local }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.limiter.release();
+        self.local.limiter.release();
     }
 }
 

@@ -2,13 +2,14 @@
 //! that the limit is never exceeded, and a permit that gives the slot back when dropped. No
 //! tower, no tokio, no clock.
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering, Padded};
 
 /// Calls in flight against a fixed limit.
 #[derive(Debug)]
 pub(crate) struct Limiter {
     limit: u64,
-    in_flight: AtomicU64,
+    /// On a cache line of its own, away from the `Arc`'s reference counts.
+    in_flight: Padded<AtomicU64>,
 }
 
 impl Limiter {
@@ -16,7 +17,7 @@ impl Limiter {
     pub(crate) fn new(limit: u64) -> Limiter {
         Limiter {
             limit,
-            in_flight: AtomicU64::new(0),
+            in_flight: Padded(AtomicU64::new(0)),
         }
     }
 
@@ -25,14 +26,14 @@ impl Limiter {
     }
 
     pub(crate) fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.0.load(Ordering::Relaxed)
     }
 
     /// Takes a slot if one is free. A compare-and-swap from the count the decision was made
     /// on, so two callers can never both take the last slot; a rejected caller writes
     /// nothing (an increment-then-undo would make others see a full limit that is not).
     pub(crate) fn try_acquire(&self) -> bool {
-        let mut in_flight = self.in_flight.load(Ordering::Relaxed);
+        let mut in_flight = self.in_flight.0.load(Ordering::Relaxed);
         loop {
             if in_flight >= self.limit {
                 return false;
@@ -40,7 +41,7 @@ impl Limiter {
             // Acquire on success, pairing with the Release in `release`: whatever the slot's
             // previous holder did happens before this holder starts, as with a semaphore.
             // (Free on x86, where every RMW is a full barrier.)
-            match self.in_flight.compare_exchange_weak(
+            match self.in_flight.0.compare_exchange_weak(
                 in_flight,
                 in_flight + 1,
                 Ordering::Acquire,
@@ -57,7 +58,7 @@ impl Limiter {
     ///
     /// [`try_acquire`]: Limiter::try_acquire
     pub(crate) fn release(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Release);
+        self.in_flight.0.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -1,0 +1,298 @@
+//! Per-call cost of the load-shedding layer, side by side in one run with a bare service and
+//! with tower's way to reject instead of wait, `ServiceBuilder::new().load_shed()
+//! .concurrency_limit(n)`.
+//!
+//! `cargo bench --bench load_shed`. One call is `poll_ready`, then `call`, then polls with a
+//! no-op waker until the response is ready, inside an entered tokio runtime that is never
+//! driven. The inner service answers every `u64` request at once and never fails, so every
+//! error a layer returns is its rejection. Services are built once, outside the timed loop.
+//!
+//! tower's stack is `tower::load_shed::LoadShed<tower::limit::ConcurrencyLimit<S>>`:
+//! `ConcurrencyLimit` takes a semaphore permit in `poll_ready` (and reports `Pending` when
+//! none is left), `call` moves the permit into the response future, which gives it back when
+//! dropped; `LoadShed` always reports ready and, when its inner service was not, answers the
+//! call with tower's zero-sized `Overloaded` (boxing it allocates nothing). firebreak's is
+//! `LoadShedLayer::builder().max_concurrency(n).build()`: `call` takes a slot with one
+//! compare-and-swap or answers with its boxed `Overloaded` (one allocation).
+//!
+//! - `admitted`: every call is admitted and succeeds at once; limit 64, never reached (each
+//!   call gives its slot back before the next starts).
+//! - `rejected`: limit 1, taken by one call whose response future is kept alive, never
+//!   polled, outside the timed loop (for tower: a `poll_ready` that took the permit, then a
+//!   `call` that moved it into the kept future); every timed call is rejected. The errors are
+//!   counted and checked against the number of timed calls after the run, and the first
+//!   rejection is checked to be the layer's `Overloaded`. tower's `poll_ready` on a full
+//!   semaphore re-polls the one queued acquire future it keeps (boxed on the first miss,
+//!   before the timed loop).
+//! - `shed_contended/1_thread` and `shed_contended/2_threads`: all calls admitted (limit 64); each
+//!   thread has its own clone of one shared service (`bare`: of the inner service), so the
+//!   threads share one limit (tower: one semaphore; firebreak: one counter). The time is wall
+//!   time over all threads' calls divided by the number of calls, so `1_thread / 2_threads`
+//!   is the throughput gained by the second thread (2 at best, given two idle cores).
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::Barrier;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
+use tower::{Layer, Service, ServiceBuilder};
+use tower_firebreak::error::BoxError;
+use tower_firebreak::load_shed::{LoadShedLayer, Overloaded};
+
+/// The request every call sends.
+const REQUEST: u64 = 1;
+/// The concurrency limit of `admitted` and `shed_contended`: never reached.
+const ROOMY_LIMIT: usize = 64;
+
+/// Answers every request at once with itself. Zero-sized, so cloning it costs nothing.
+#[derive(Debug, Clone, Copy)]
+struct Inner;
+
+impl Service<u64> for Inner {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u64, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        std::future::ready(Ok(request))
+    }
+}
+
+/// One whole call, with its result.
+#[inline(always)]
+fn one_call<S>(svc: &mut S, request: u64) -> Result<u64, S::Error>
+where
+    S: Service<u64, Response = u64>,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    let ready = loop {
+        if let Poll::Ready(ready) = svc.poll_ready(&mut cx) {
+            break ready;
+        }
+    };
+    ready?;
+    let mut response = pin!(svc.call(black_box(request)));
+    loop {
+        if let Poll::Ready(result) = response.as_mut().poll(&mut cx) {
+            return result;
+        }
+    }
+}
+
+/// `poll_ready` until ready, then `call`; the response future is returned unpolled, so it
+/// keeps whatever slot or permit the call took.
+fn call_and_hold<S>(svc: &mut S) -> S::Future
+where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    let ready = loop {
+        if let Poll::Ready(ready) = svc.poll_ready(&mut cx) {
+            break ready;
+        }
+    };
+    ready.expect("the first call is admitted");
+    svc.call(REQUEST)
+}
+
+// ---- The layers under test ----
+
+/// tower's rejecting limit: `LoadShed` over `ConcurrencyLimit`.
+fn tower_load_shed<S>(
+    inner: S,
+    limit: usize,
+) -> tower::load_shed::LoadShed<tower::limit::ConcurrencyLimit<S>> {
+    ServiceBuilder::new()
+        .load_shed()
+        .concurrency_limit(limit)
+        .service(inner)
+}
+
+fn firebreak_layer(limit: usize) -> LoadShedLayer {
+    LoadShedLayer::builder()
+        .max_concurrency(limit as u64)
+        .build()
+        .expect("valid")
+}
+
+// ---- Groups ----
+
+/// Times `svc` with `b.iter` after checking that a call succeeds.
+fn calls<S>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, mut svc: S)
+where
+    S: Service<u64, Response = u64>,
+{
+    assert!(one_call(&mut svc, REQUEST).is_ok(), "{name}");
+    group.bench_function(name, |b| b.iter(|| one_call(&mut svc, REQUEST)));
+}
+
+fn bench_admitted(c: &mut Criterion) {
+    let mut group = c.benchmark_group("admitted");
+    calls(&mut group, "bare", Inner);
+    calls(
+        &mut group,
+        "tower_load_shed_concurrency_limit",
+        tower_load_shed(Inner, ROOMY_LIMIT),
+    );
+    let layer = firebreak_layer(ROOMY_LIMIT);
+    calls(&mut group, "firebreak", layer.layer(Inner));
+    group.finish();
+    assert_eq!(layer.in_flight(), 0, "every slot came back");
+}
+
+/// Times calls to `svc`, whose limit is full, counting the errors. Checks first that a call
+/// is rejected with an `E`, and after the run that every timed call was rejected.
+fn rejections<S, E>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, svc: &mut S)
+where
+    S: Service<u64, Response = u64, Error = BoxError>,
+    E: std::error::Error + 'static,
+{
+    let err = one_call(svc, REQUEST).expect_err("the limit is full");
+    assert!(err.is::<E>(), "{name}: {err}");
+    let (mut timed_calls, mut rejected) = (0_u64, 0_u64);
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            timed_calls += iters;
+            let start = Instant::now();
+            for _ in 0..iters {
+                rejected += u64::from(black_box(one_call(svc, REQUEST)).is_err());
+            }
+            start.elapsed()
+        })
+    });
+    assert_eq!(
+        rejected, timed_calls,
+        "{name}: every timed call is rejected"
+    );
+}
+
+fn bench_rejected(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rejected");
+
+    let mut tower_svc = tower_load_shed(Inner, 1);
+    let tower_held = call_and_hold(&mut tower_svc);
+    rejections::<_, tower::load_shed::error::Overloaded>(
+        &mut group,
+        "tower_load_shed_concurrency_limit",
+        &mut tower_svc,
+    );
+
+    let layer = firebreak_layer(1);
+    let mut firebreak_svc = layer.layer(Inner);
+    let firebreak_held = call_and_hold(&mut firebreak_svc);
+    assert_eq!(layer.in_flight(), 1, "the held call has the one slot");
+    rejections::<_, Overloaded>(&mut group, "firebreak", &mut firebreak_svc);
+    group.finish();
+
+    drop((tower_held, firebreak_held));
+    assert_eq!(layer.in_flight(), 0, "the held slot came back");
+    assert!(
+        one_call(&mut tower_svc, REQUEST).is_ok(),
+        "tower's permit came back"
+    );
+}
+
+/// `threads` OS threads, each with its own clone of `svc`, share `iters` successful calls.
+/// Returns the wall time from the first thread's start to the last thread's end.
+fn contended<S>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    svc: &S,
+    threads: usize,
+    runtime: &tokio::runtime::Handle,
+) where
+    S: Service<u64, Response = u64> + Clone + Send,
+{
+    let mut clones: Vec<S> = (0..threads).map(|_| svc.clone()).collect();
+    for clone in &mut clones {
+        assert!(one_call(clone, REQUEST).is_ok(), "{name}");
+    }
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let threads = threads as u64;
+            let start_together = Barrier::new(clones.len());
+            let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0_u64..)
+                    .zip(clones.iter_mut())
+                    .map(|(index, svc)| {
+                        let calls = iters / threads + u64::from(index < iters % threads);
+                        let start_together = &start_together;
+                        scope.spawn(move || {
+                            let _runtime = runtime.enter();
+                            start_together.wait();
+                            let start = Instant::now();
+                            for _ in 0..calls {
+                                let _ = black_box(one_call(svc, REQUEST));
+                            }
+                            (start, Instant::now())
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|worker| worker.join().expect("a bench thread panicked"))
+                    .collect()
+            });
+            let first_start = spans.iter().map(|span| span.0).min().expect("a thread");
+            let last_end = spans.iter().map(|span| span.1).max().expect("a thread");
+            last_end - first_start
+        })
+    });
+}
+
+fn bench_contended(c: &mut Criterion, runtime: &tokio::runtime::Handle) {
+    for (group_name, threads) in [
+        ("shed_contended/1_thread", 1),
+        ("shed_contended/2_threads", 2),
+    ] {
+        let mut group = c.benchmark_group(group_name);
+        contended(&mut group, "bare", &Inner, threads, runtime);
+        contended(
+            &mut group,
+            "tower_load_shed_concurrency_limit",
+            &tower_load_shed(Inner, ROOMY_LIMIT),
+            threads,
+            runtime,
+        );
+        let layer = firebreak_layer(ROOMY_LIMIT);
+        contended(
+            &mut group,
+            "firebreak",
+            &layer.layer(Inner),
+            threads,
+            runtime,
+        );
+        group.finish();
+        assert_eq!(layer.in_flight(), 0, "every slot came back");
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    // Entered, never driven: no call here waits, and neither layer needs a timer.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let _context = runtime.enter();
+    bench_admitted(c);
+    bench_rejected(c);
+    bench_contended(c, runtime.handle());
+}
+
+criterion_group! {
+    name = load_shed;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(load_shed);
