@@ -61,8 +61,9 @@ pub enum ErrorKind {
     /// [`retry_after`](ErrorKind::retry_after) only adds load.
     CircuitOpen,
     /// A service at its concurrency limit rejected the call without trying
-    /// ([`Overloaded`](crate::load_shed::Overloaded)). Retrying before its
-    /// [`retry_after`](ErrorKind::retry_after) only adds load.
+    /// ([`Overloaded`](crate::load_shed::Overloaded)), or the client held it back because its
+    /// dependency has been rejecting ([`Throttled`](crate::load_shed::Throttled)). Retrying
+    /// before its [`retry_after`](ErrorKind::retry_after) only adds load.
     Overloaded,
     /// A failed call was not retried because the retry budget was empty
     /// ([`BudgetExhausted`](crate::retry::BudgetExhausted), whose source is the last
@@ -105,7 +106,7 @@ impl ErrorKind {
             if e.is::<crate::circuit_breaker::CircuitOpen>() {
                 return ErrorKind::CircuitOpen;
             }
-            if e.is::<crate::load_shed::Overloaded>() {
+            if e.is::<crate::load_shed::Overloaded>() || e.is::<crate::load_shed::Throttled>() {
                 return ErrorKind::Overloaded;
             }
             if e.is::<crate::retry::BudgetExhausted>() {

@@ -15,7 +15,7 @@ use tower::{Layer, Service, ServiceBuilder};
 use tower_firebreak::ServiceBuilderExt;
 use tower_firebreak::circuit_breaker::{CircuitBreakerLayer, Outcome, State};
 use tower_firebreak::error::BoxError;
-use tower_firebreak::load_shed::LoadShedLayer;
+use tower_firebreak::load_shed::{LoadShedLayer, ThrottleLayer};
 use tower_firebreak::retry::RetryLayer;
 use tower_firebreak::timeout::deadline;
 
@@ -275,6 +275,18 @@ fn no_layer_allocates_per_call() {
         );
     }
     assert_eq!(shed.in_flight(), 0);
+
+    // Client-side throttling, calls sent (the first call starts its window's timer task).
+    let throttle = ThrottleLayer::builder().seed(1).build().unwrap();
+    let mut throttled = throttle.layer(Ready);
+    allocations_per_call(&mut throttled, 1);
+    for request in 1..=100 {
+        assert_eq!(
+            allocations_per_call(&mut throttled, request),
+            0,
+            "throttle, sent"
+        );
+    }
 
     // Half-open: trip it, let the open period pass, then probe. Probes classified as ignored
     // give their slot back, so the breaker stays half-open for the whole measurement.

@@ -13,7 +13,7 @@ use rand::{RngExt, SeedableRng};
 use tokio::sync::oneshot;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_firebreak::error::{BoxError, ConfigError, ErrorKind};
-use tower_firebreak::load_shed::{LoadShedLayer, Overloaded};
+use tower_firebreak::load_shed::{LoadShedLayer, Overloaded, ThrottleLayer, Throttled};
 use tower_firebreak::retry::{RetryBudget, RetryLayer};
 
 fn layer(limit: u64) -> LoadShedLayer {
@@ -271,5 +271,128 @@ fn every_invalid_setting_is_a_config_error() {
             ),
             "{limit} {hint:?}"
         );
+    }
+}
+
+/// A dependency that accepts at most `capacity` calls per second of virtual time and
+/// rejects the rest at once; counts what it was sent and what it accepted.
+#[derive(Clone)]
+struct Capacity {
+    capacity: u64,
+    sent: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+    slot: Arc<std::sync::Mutex<(u64, u64)>>,
+    start: tokio::time::Instant,
+}
+
+impl Capacity {
+    fn new(capacity: u64) -> Self {
+        Capacity {
+            capacity,
+            sent: Arc::default(),
+            accepted: Arc::default(),
+            slot: Arc::default(),
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Service<()> for Capacity {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, (): ()) -> Self::Future {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+        let second = self.start.elapsed().as_secs();
+        let mut slot = self.slot.lock().unwrap();
+        if slot.0 != second {
+            *slot = (second, 0);
+        }
+        if slot.1 < self.capacity {
+            slot.1 += 1;
+            self.accepted.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok(()))
+        } else {
+            std::future::ready(Err("busy: try later".into()))
+        }
+    }
+}
+
+/// 1,000 requests a second for 60 s through a throttle with `k` to a dependency that can
+/// accept 100 a second; returns (sent, accepted) over the last 30 s.
+async fn throttled_run(k: f64) -> (usize, usize) {
+    let dependency = Capacity::new(100);
+    let layer = ThrottleLayer::builder()
+        .k(k)
+        .window(Duration::from_secs(10))
+        .seed(7)
+        .classifier(|result: &Result<(), BoxError>| result.is_err())
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(dependency.clone());
+    let mut throttled = 0;
+    let mut at_half = (0, 0);
+    for ms in 0..60_000 {
+        if ms == 30_000 {
+            at_half = (
+                dependency.sent.load(Ordering::SeqCst),
+                dependency.accepted.load(Ordering::SeqCst),
+            );
+        }
+        if let Err(err) = svc.ready().await.unwrap().call(()).await
+            && err.is::<Throttled>()
+        {
+            assert_eq!(ErrorKind::of(&*err), ErrorKind::Overloaded);
+            throttled += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(throttled > 0);
+    (
+        dependency.sent.load(Ordering::SeqCst) - at_half.0,
+        dependency.accepted.load(Ordering::SeqCst) - at_half.1,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_client_sends_about_k_times_what_is_accepted() {
+    for k in [2.0, 1.5] {
+        let (sent, accepted) = throttled_run(k).await;
+        let ratio = sent as f64 / accepted as f64;
+        println!("k = {k}: sent {sent}, accepted {accepted}, ratio {ratio:.3}");
+        // The dependency accepts its full 100 a second...
+        assert!(accepted >= 2_900, "{accepted}");
+        // ...and is sent about k times that, not the 1,000 a second offered.
+        assert!((ratio - k).abs() < 0.1 * k, "k = {k}: ratio {ratio}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependency_that_accepts_everything_is_never_throttled() {
+    let dependency = Capacity::new(u64::MAX);
+    let layer = ThrottleLayer::builder().seed(1).build().unwrap();
+    let mut svc = layer.layer(dependency.clone());
+    for _ in 0..10_000 {
+        svc.ready().await.unwrap().call(()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(dependency.sent.load(Ordering::SeqCst), 10_000);
+    assert_eq!(layer.rejection_probability(), 0.0);
+}
+
+#[test]
+fn every_invalid_throttle_setting_is_a_config_error() {
+    let b = ThrottleLayer::builder;
+    for err in [
+        b().k(0.5).build().unwrap_err(),
+        b().k(f64::NAN).build().unwrap_err(),
+        b().k(1001.0).build().unwrap_err(),
+        b().window(Duration::ZERO).build().unwrap_err(),
+        b().window(Duration::from_secs(7200)).build().unwrap_err(),
+    ] {
+        assert!(matches!(err, ConfigError::OutOfRange { .. }), "{err}");
     }
 }

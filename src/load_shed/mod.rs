@@ -53,13 +53,20 @@
 //! and the reference count of the shared limit (in the response future). No allocation, no
 //! clock read. A rejected call allocates the boxed error it returns.
 //!
-//! Adaptive limits (AIMD, Gradient2, Vegas), a bounded wait queue, client-side throttling and
-//! an SLA guard are planned; today the limit is fixed.
+//! # Client-side throttling
+//!
+//! [`ThrottleLayer`] is the other side: a client that sees its dependency reject requests as
+//! overloaded rejects some of its own, locally, with [`Throttled`] (Google SRE, chapter 21),
+//! so that what it sends settles at about `k` times what the dependency accepts.
+//!
+//! Adaptive limits (AIMD, Gradient2, Vegas), a bounded wait queue and an SLA guard are
+//! planned; today the server-side limit is fixed.
 
 mod error;
 mod future;
 mod layer;
 mod limit;
+mod throttle;
 
 use std::fmt;
 use std::sync::Arc;
@@ -73,6 +80,10 @@ use self::future::Permit;
 pub use self::future::ResponseFuture;
 pub use self::layer::{LoadShedLayer, LoadShedLayerBuilder};
 use self::limit::Limiter;
+pub use self::throttle::{
+    IsRejection, OverloadedIsRejection, Throttle, ThrottleFuture, ThrottleLayer,
+    ThrottleLayerBuilder, Throttled,
+};
 use crate::error::BoxError;
 
 /// A service that rejects calls beyond its concurrency limit. Made by [`LoadShedLayer`]; see
