@@ -322,9 +322,9 @@ impl Service<()> for Capacity {
 }
 
 /// 1,000 requests a second for 60 s through a throttle with `k` to a dependency that can
-/// accept 100 a second; returns (sent, accepted) over the last 30 s.
-async fn throttled_run(k: f64) -> (usize, usize) {
-    let dependency = Capacity::new(100);
+/// accept `capacity` a second; returns (sent, accepted) over the last 30 s.
+async fn throttled_run(k: f64, capacity: u64) -> (usize, usize) {
+    let dependency = Capacity::new(capacity);
     let layer = ThrottleLayer::builder()
         .k(k)
         .window(Duration::from_secs(10))
@@ -350,7 +350,7 @@ async fn throttled_run(k: f64) -> (usize, usize) {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    assert!(throttled > 0);
+    assert!(throttled > 0 || k * capacity as f64 >= 1000.0);
     (
         dependency.sent.load(Ordering::SeqCst) - at_half.0,
         dependency.accepted.load(Ordering::SeqCst) - at_half.1,
@@ -359,14 +359,25 @@ async fn throttled_run(k: f64) -> (usize, usize) {
 
 #[tokio::test(start_paused = true)]
 async fn a_throttled_client_sends_about_k_times_what_is_accepted() {
-    for k in [2.0, 1.5] {
-        let (sent, accepted) = throttled_run(k).await;
+    // A dependency that can take half the offered load (it would reject half the calls),
+    // and one that can take a tenth.
+    for (k, capacity) in [(2.0, 500), (1.5, 500), (2.0, 100), (1.5, 100)] {
+        let (sent, accepted) = throttled_run(k, capacity).await;
         let ratio = sent as f64 / accepted as f64;
-        println!("k = {k}: sent {sent}, accepted {accepted}, ratio {ratio:.3}");
-        // The dependency accepts its full 100 a second...
-        assert!(accepted >= 2_900, "{accepted}");
-        // ...and is sent about k times that, not the 1,000 a second offered.
-        assert!((ratio - k).abs() < 0.1 * k, "k = {k}: ratio {ratio}");
+        println!(
+            "k = {k}, capacity {capacity}/s: sent {sent}, accepted {accepted}, ratio {ratio:.3}"
+        );
+        // The dependency accepts all it can, 30 s worth...
+        assert!(
+            accepted as f64 >= 0.97 * 30.0 * capacity as f64,
+            "{accepted}"
+        );
+        // ...and is sent about k times that (never more than the 1,000 a second offered).
+        let expected = k.min(1000.0 / capacity as f64);
+        assert!(
+            (ratio - expected).abs() < 0.1 * expected,
+            "k = {k}: ratio {ratio}"
+        );
     }
 }
 
