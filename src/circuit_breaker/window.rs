@@ -5,8 +5,9 @@
 //! breaker do not fight over a cache line. All evaluation happens when a failure (or a slow
 //! call) arrives: it sums the stripes to learn how many calls there have been.
 //!
-//! - [`Model::Consecutive`]: trips after `n` failures with no success between them. A success
-//!   only sets a flag, and only if it is not already set, so in steady state it is a read.
+//! - [`Model::Consecutive`]: trips after `n` failures with no success between them. The run
+//!   (its generation, its length and whether a success ended it) is one word; a success marks
+//!   it ended once per run, so in steady state a success is one read of it.
 //! - [`Model::Rate`] (a count window): trips when at least `rate` of the last `n` calls failed
 //!   (and at least `min_calls` calls have been made in this closed cycle). It keeps the call
 //!   index of each of the last `ceil(rate * n)` failures in a ring. The window slides exactly:

@@ -64,7 +64,8 @@
 //! A call copies its request once (for a possible retry), clones the inner service into its
 //! response future (as `tower::retry` does) and deposits into the budget (one increment on
 //! the service clone's own cache line). Nothing else is allocated on the success path, and no
-//! clock is read; only a retry reads the clock (for the deadline) and arms a timer.
+//! clock is read. A retry reads the clock if the request has a deadline, and a retry that
+//! waits allocates and arms its timer.
 
 mod backoff;
 mod budget;
