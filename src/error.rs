@@ -199,3 +199,20 @@ pub enum ConfigError {
         max_setting: &'static str,
     },
 }
+
+impl ConfigError {
+    /// [`ConfigError::OutOfRange`] for `setting` of `layer`, showing `value` as given.
+    pub(crate) fn out_of_range(
+        layer: &'static str,
+        setting: &'static str,
+        value: impl std::fmt::Display,
+        expected: &'static str,
+    ) -> ConfigError {
+        ConfigError::OutOfRange {
+            layer,
+            setting,
+            value: value.to_string(),
+            expected,
+        }
+    }
+}

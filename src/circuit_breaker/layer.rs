@@ -425,7 +425,12 @@ impl<C> CircuitBreakerLayerBuilder<C> {
         let mut bucket_width = None;
         let model = match self.trip {
             TripSetting::Consecutive(0) => {
-                return Err(out_of_range("consecutive_failures", 0, "at least 1"));
+                return Err(ConfigError::out_of_range(
+                    LAYER,
+                    "consecutive_failures",
+                    0,
+                    "at least 1",
+                ));
             }
             TripSetting::Consecutive(_) if self.slow_calls.is_some() => {
                 return Err(ConfigError::Incompatible {
@@ -438,7 +443,8 @@ impl<C> CircuitBreakerLayerBuilder<C> {
             TripSetting::Rate { rate, calls } => {
                 unit_interval(rate, "failure_rate")?;
                 if !(1..=1_000_000).contains(&calls) {
-                    return Err(out_of_range(
+                    return Err(ConfigError::out_of_range(
+                        LAYER,
                         "failure_rate",
                         calls,
                         "over 1 to 1,000,000 calls",
@@ -455,7 +461,8 @@ impl<C> CircuitBreakerLayerBuilder<C> {
                 unit_interval(rate, "time_window")?;
                 positive(window, "time_window")?;
                 if !(1..=MAX_BUCKETS).contains(&buckets) {
-                    return Err(out_of_range(
+                    return Err(ConfigError::out_of_range(
+                        LAYER,
                         "time_window",
                         buckets,
                         "from 1 to 1024 buckets",
@@ -463,7 +470,8 @@ impl<C> CircuitBreakerLayerBuilder<C> {
                 }
                 let width = window / buckets;
                 if width < MIN_BUCKET {
-                    return Err(out_of_range(
+                    return Err(ConfigError::out_of_range(
+                        LAYER,
                         "time_window",
                         format!("{width:?} per bucket"),
                         "at least 1 ms per bucket",
@@ -483,7 +491,8 @@ impl<C> CircuitBreakerLayerBuilder<C> {
             None => (model, None),
         };
         if !(1..=MAX_PROBES).contains(&self.probes) {
-            return Err(out_of_range(
+            return Err(ConfigError::out_of_range(
+                LAYER,
                 "half_open_probes",
                 self.probes,
                 "from 1 to 1024",
@@ -503,7 +512,8 @@ impl<C> CircuitBreakerLayerBuilder<C> {
             } => {
                 positive(initial, "open_duration_exponential")?;
                 if !(multiplier.is_finite() && multiplier >= 1.0) {
-                    return Err(out_of_range(
+                    return Err(ConfigError::out_of_range(
+                        LAYER,
                         "open_duration_exponential",
                         multiplier,
                         "a multiplier of at least 1",
@@ -520,12 +530,22 @@ impl<C> CircuitBreakerLayerBuilder<C> {
             }
         }
         if !(0.0..1.0).contains(&self.jitter) {
-            return Err(out_of_range("jitter", self.jitter, "in [0, 1)"));
+            return Err(ConfigError::out_of_range(
+                LAYER,
+                "jitter",
+                self.jitter,
+                "in [0, 1)",
+            ));
         }
         positive(self.half_open_max_wait, "half_open_max_wait")?;
         let stripes = match self.stripes {
             Some(stripes) if !(1..=1024).contains(&stripes) => {
-                return Err(out_of_range("stripes", stripes, "from 1 to 1024"));
+                return Err(ConfigError::out_of_range(
+                    LAYER,
+                    "stripes",
+                    stripes,
+                    "from 1 to 1024",
+                ));
             }
             Some(stripes) => stripes,
             None => std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
@@ -557,22 +577,14 @@ impl<C> CircuitBreakerLayerBuilder<C> {
     }
 }
 
-fn out_of_range(
-    setting: &'static str,
-    value: impl fmt::Display,
-    expected: &'static str,
-) -> ConfigError {
-    ConfigError::OutOfRange {
-        layer: LAYER,
-        setting,
-        value: value.to_string(),
-        expected,
-    }
-}
-
 fn at_least_one_call(min_calls: u64) -> Result<(), ConfigError> {
     if min_calls == 0 {
-        Err(out_of_range("min_calls", 0, "at least 1"))
+        Err(ConfigError::out_of_range(
+            LAYER,
+            "min_calls",
+            0,
+            "at least 1",
+        ))
     } else {
         Ok(())
     }
@@ -583,7 +595,12 @@ fn unit_interval(value: f64, setting: &'static str) -> Result<(), ConfigError> {
     if value > 0.0 && value <= 1.0 {
         Ok(())
     } else {
-        Err(out_of_range(setting, value, "in (0, 1]"))
+        Err(ConfigError::out_of_range(
+            LAYER,
+            setting,
+            value,
+            "in (0, 1]",
+        ))
     }
 }
 
@@ -598,7 +615,8 @@ fn positive(duration: Duration, setting: &'static str) -> Result<(), ConfigError
             setting,
         })
     } else if duration > MAX_DURATION {
-        Err(out_of_range(
+        Err(ConfigError::out_of_range(
+            LAYER,
             setting,
             format!("{duration:?}"),
             "at most 365 days",

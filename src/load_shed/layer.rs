@@ -107,12 +107,12 @@ impl LoadShedLayerBuilder {
             setting: "max_concurrency",
         })?;
         if !(1..=1_000_000).contains(&limit) {
-            return Err(ConfigError::OutOfRange {
-                layer: LAYER,
-                setting: "max_concurrency",
-                value: limit.to_string(),
-                expected: "from 1 to 1,000,000",
-            });
+            return Err(ConfigError::out_of_range(
+                LAYER,
+                "max_concurrency",
+                limit,
+                "from 1 to 1,000,000",
+            ));
         }
         if self.retry_after.is_zero() {
             return Err(ConfigError::ZeroDuration {
@@ -121,12 +121,12 @@ impl LoadShedLayerBuilder {
             });
         }
         if self.retry_after > Duration::from_secs(3600) {
-            return Err(ConfigError::OutOfRange {
-                layer: LAYER,
-                setting: "retry_after",
-                value: format!("{:?}", self.retry_after),
-                expected: "at most 1 hour",
-            });
+            return Err(ConfigError::out_of_range(
+                LAYER,
+                "retry_after",
+                format!("{:?}", self.retry_after),
+                "at most 1 hour",
+            ));
         }
         Ok(LoadShedLayer {
             limiter: Arc::new(Limiter::new(limit)),

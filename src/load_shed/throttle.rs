@@ -235,20 +235,20 @@ impl<C> ThrottleLayerBuilder<C> {
     /// outside [1 s, 1 hour].
     pub fn build(self) -> Result<ThrottleLayer<C>, ConfigError> {
         if !(1.0..=1000.0).contains(&self.k) {
-            return Err(ConfigError::OutOfRange {
-                layer: LAYER,
-                setting: "k",
-                value: self.k.to_string(),
-                expected: "in [1, 1000]",
-            });
+            return Err(ConfigError::out_of_range(
+                LAYER,
+                "k",
+                self.k,
+                "in [1, 1000]",
+            ));
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.window) {
-            return Err(ConfigError::OutOfRange {
-                layer: LAYER,
-                setting: "window",
-                value: format!("{:?}", self.window),
-                expected: "from 1 s to 1 hour",
-            });
+            return Err(ConfigError::out_of_range(
+                LAYER,
+                "window",
+                format!("{:?}", self.window),
+                "from 1 s to 1 hour",
+            ));
         }
         let seed = self.seed.unwrap_or_else(|| {
             use std::hash::{BuildHasher, Hasher};

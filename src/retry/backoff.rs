@@ -131,12 +131,12 @@ impl Backoff {
                     });
                 }
                 if !(multiplier.is_finite() && multiplier >= 1.0) {
-                    return Err(ConfigError::OutOfRange {
-                        layer: LAYER,
-                        setting: "backoff (multiplier)",
-                        value: multiplier.to_string(),
-                        expected: "at least 1 and finite",
-                    });
+                    return Err(ConfigError::out_of_range(
+                        LAYER,
+                        "backoff (multiplier)",
+                        multiplier,
+                        "at least 1 and finite",
+                    ));
                 }
                 at_most_a_day(max, "backoff (max)")?;
                 if initial > max {
@@ -218,12 +218,12 @@ fn uniform(rng: &mut SmallRng, low: Duration, high: Duration) -> Duration {
 
 fn at_most_a_day(delay: Duration, setting: &'static str) -> Result<(), ConfigError> {
     if delay > MAX_DELAY {
-        Err(ConfigError::OutOfRange {
-            layer: LAYER,
+        Err(ConfigError::out_of_range(
+            LAYER,
             setting,
-            value: format!("{delay:?}"),
-            expected: "at most 24 hours",
-        })
+            format!("{delay:?}"),
+            "at most 24 hours",
+        ))
     } else {
         Ok(())
     }

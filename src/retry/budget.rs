@@ -178,17 +178,24 @@ impl RetryBudgetBuilder {
     /// could never allow a retry (ratio 0 and `min_per_second` 0: use one attempt instead).
     pub fn build(self) -> Result<RetryBudget, ConfigError> {
         if !(0.0..=1000.0).contains(&self.ratio) {
-            return Err(out_of_range("ratio", self.ratio, "in [0, 1000]"));
+            return Err(ConfigError::out_of_range(
+                LAYER,
+                "ratio",
+                self.ratio,
+                "in [0, 1000]",
+            ));
         }
         if self.min_per_second > 1_000_000 {
-            return Err(out_of_range(
+            return Err(ConfigError::out_of_range(
+                LAYER,
                 "min_per_second",
                 self.min_per_second,
                 "at most 1,000,000",
             ));
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&self.ttl) {
-            return Err(out_of_range(
+            return Err(ConfigError::out_of_range(
+                LAYER,
                 "ttl",
                 format!("{:?}", self.ttl),
                 "from 1 s to 60 s",
@@ -199,7 +206,8 @@ impl RetryBudgetBuilder {
             .saturating_mul(UNIT)
             / 1000;
         if deposit_units == 0 && reserve_units == 0 {
-            return Err(out_of_range(
+            return Err(ConfigError::out_of_range(
+                LAYER,
                 "ratio",
                 self.ratio,
                 "above 0.0005 when min_per_second is 0 (this budget never allows a retry)",
@@ -207,7 +215,12 @@ impl RetryBudgetBuilder {
         }
         let stripes = match self.stripes {
             Some(stripes) if !(1..=1024).contains(&stripes) => {
-                return Err(out_of_range("stripes", stripes, "from 1 to 1024"));
+                return Err(ConfigError::out_of_range(
+                    LAYER,
+                    "stripes",
+                    stripes,
+                    "from 1 to 1024",
+                ));
             }
             Some(stripes) => stripes,
             None => std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
@@ -221,19 +234,6 @@ impl RetryBudgetBuilder {
                 Some(Ticker::new(self.ttl / BUCKETS as u32, BUCKETS as u64)),
             )),
         })
-    }
-}
-
-fn out_of_range(
-    setting: &'static str,
-    value: impl fmt::Display,
-    expected: &'static str,
-) -> ConfigError {
-    ConfigError::OutOfRange {
-        layer: LAYER,
-        setting,
-        value: value.to_string(),
-        expected,
     }
 }
 

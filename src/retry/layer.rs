@@ -251,12 +251,12 @@ impl<P, R> RetryLayerBuilder<P, R> {
     /// max, a delay above 24 hours), or a zero or huge `max_retry_after`.
     pub fn build(self) -> Result<RetryLayer<P, R>, ConfigError> {
         if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
-            return Err(ConfigError::OutOfRange {
-                layer: LAYER,
-                setting: "max_attempts",
-                value: self.max_attempts.to_string(),
-                expected: "from 1 to 100",
-            });
+            return Err(ConfigError::out_of_range(
+                LAYER,
+                "max_attempts",
+                self.max_attempts,
+                "from 1 to 100",
+            ));
         }
         self.backoff.validate()?;
         if self.max_retry_after.is_zero() {
@@ -266,12 +266,12 @@ impl<P, R> RetryLayerBuilder<P, R> {
             });
         }
         if self.max_retry_after > Duration::from_secs(24 * 3600) {
-            return Err(ConfigError::OutOfRange {
-                layer: LAYER,
-                setting: "max_retry_after",
-                value: format!("{:?}", self.max_retry_after),
-                expected: "at most 24 hours",
-            });
+            return Err(ConfigError::out_of_range(
+                LAYER,
+                "max_retry_after",
+                format!("{:?}", self.max_retry_after),
+                "at most 24 hours",
+            ));
         }
         let budget = match self.budget {
             Budget::Default => Some(RetryBudget::default()),
