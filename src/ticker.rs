@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::clock::{self, Instant};
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering, Padded};
 
 /// State that a [`Ticker`] moves forward.
 pub(crate) trait Epochs: Send + Sync + 'static {
@@ -144,5 +144,83 @@ fn run<T: Epochs>(state: Weak<T>) -> impl Future<Output = ()> + Send + 'static {
             }
             last_activity = Some(activity);
         }
+    }
+}
+
+/// How a [`BucketClock`] word packs the epoch with its bucket.
+const BUCKET_BITS: u32 = 16;
+const BUCKET_MASK: u64 = (1 << BUCKET_BITS) - 1;
+
+/// The most buckets a [`BucketClock`] can have.
+pub(crate) const MAX_BUCKETS: u64 = BUCKET_MASK;
+
+/// Where bucketed counts are in time: the current epoch and its bucket (`epoch % buckets`),
+/// packed in one word so that a recorder finds its bucket with one load and no division,
+/// plus the rule every mover follows: a bucket is emptied *before* the epoch that makes it
+/// current is published, so no count is ever swept away by the emptying.
+#[derive(Debug)]
+pub(crate) struct BucketClock {
+    word: Padded<AtomicU64>,
+    /// Held by whoever is moving the epoch, so that two movers never empty a bucket the other
+    /// has already published as current.
+    advancing: AtomicBool,
+    buckets: u64,
+}
+
+impl BucketClock {
+    /// `buckets` in `1..=MAX_BUCKETS`, validated by the builders.
+    pub(crate) fn new(buckets: u64) -> BucketClock {
+        BucketClock {
+            word: Padded(AtomicU64::new(0)),
+            advancing: AtomicBool::new(false),
+            buckets: buckets.clamp(1, MAX_BUCKETS),
+        }
+    }
+
+    pub(crate) fn buckets(&self) -> u64 {
+        self.buckets
+    }
+
+    /// The bucket of the current epoch: one load.
+    #[inline]
+    pub(crate) fn bucket(&self) -> usize {
+        // Acquire: pairs with the Release that published the epoch after emptying its bucket.
+        (self.word.0.load(Ordering::Acquire) & BUCKET_MASK) as usize
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.word.0.load(Ordering::Acquire) >> BUCKET_BITS
+    }
+
+    /// Moves forward to `epoch`, calling `empty` for each bucket before it becomes current
+    /// (for every bucket at once when a whole window has passed). If another thread is
+    /// already moving, returns at once: that thread will get there.
+    pub(crate) fn advance_to(&self, epoch: u64, mut empty: impl FnMut(usize)) {
+        // Acquire: see the buckets as the previous mover left them.
+        if self
+            .advancing
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let mut current = self.word.0.load(Ordering::Relaxed) >> BUCKET_BITS;
+        while current < epoch {
+            let next = if epoch - current >= self.buckets {
+                (0..self.buckets as usize).for_each(&mut empty);
+                epoch
+            } else {
+                empty(((current + 1) % self.buckets) as usize);
+                current + 1
+            };
+            // Release: a recorder that reads the new epoch (Acquire) adds to a bucket that is
+            // already empty.
+            self.word.0.store(
+                (next << BUCKET_BITS) | (next % self.buckets),
+                Ordering::Release,
+            );
+            current = next;
+        }
+        self.advancing.store(false, Ordering::Release);
     }
 }

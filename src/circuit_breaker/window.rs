@@ -27,9 +27,10 @@
 //! Failures carry the generation of the closed cycle they were admitted in. A failure from an
 //! earlier cycle neither counts nor resets anything.
 
-use crate::sync::{AtomicBool, AtomicU64, Ordering, Padded, fence};
+use crate::sync::{AtomicU64, Ordering, Padded, fence};
 
 use super::state::{GENERATION_BITS, GENERATION_MASK, is_older};
+use crate::ticker::BucketClock;
 
 /// Counters per cache line: 16 × 8 bytes fill one 128-byte [`Padded`] line.
 const PER_LINE: usize = 16;
@@ -65,16 +66,14 @@ fn distance(earlier: u64, later: u64) -> u64 {
     later.wrapping_sub(earlier) & INDEX_MASK
 }
 
-/// How the epoch word of a time window packs the epoch with its bucket, so that a recorder
-/// learns its bucket with one load and no division.
-const BUCKET_BITS: u32 = 16;
-const BUCKET_MASK: u64 = (1 << BUCKET_BITS) - 1;
-
-/// The most buckets a time window can have (they must fit in [`BUCKET_BITS`]).
+/// The most buckets a time window can have (well within what a [`BucketClock`] holds).
 pub(crate) const MAX_BUCKETS: u32 = 1024;
 
 /// The trip model chosen at build time, with its settings validated by the builder.
 #[derive(Debug)]
+// Built once per breaker and kept behind its `Arc`: the size of the enum costs nothing, and
+// boxing the time window would add a pointer chase to every call's bucket lookup.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Model {
     Consecutive(Consecutive),
     Rate(Rate),
@@ -141,16 +140,11 @@ struct Recent {
 /// slow-call detection, at least the slow rate of them were slow).
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
-    buckets: u64,
     rate: f64,
     slow_rate: Option<f64>,
     min_calls: u64,
-    /// The current epoch (bucket number since the breaker was built) shifted left by
-    /// [`BUCKET_BITS`], with `epoch % buckets` in the low bits.
-    epoch: Padded<AtomicU64>,
-    /// Held by whoever is moving the epoch forward, so that two movers never empty a bucket
-    /// that the other has already published as current.
-    advancing: AtomicBool,
+    /// The current epoch (bucket lengths since the breaker was built) and its bucket.
+    clock: BucketClock,
     /// The generation of the current closed cycle (in the low bits: nothing).
     cycle: AtomicU64,
 }
@@ -205,12 +199,10 @@ impl Model {
     /// builder, which also keeps the time a bucket covers (see `shared.rs`).
     pub(crate) fn time(buckets: u32, rate: f64, min_calls: u64) -> Model {
         Model::Time(TimeWindow {
-            buckets: u64::from(buckets),
             rate,
             slow_rate: None,
             min_calls,
-            epoch: Padded(AtomicU64::new(0)),
-            advancing: AtomicBool::new(false),
+            clock: BucketClock::new(u64::from(buckets)),
             cycle: AtomicU64::new(pack(0, 0)),
         })
     }
@@ -234,7 +226,7 @@ impl Model {
 
     fn buckets(&self) -> usize {
         match self {
-            Model::Time(model) => model.buckets as usize,
+            Model::Time(model) => model.clock.buckets() as usize,
             Model::Consecutive(_) | Model::Rate(_) => 1,
         }
     }
@@ -421,44 +413,17 @@ impl Window {
     /// If another thread is already moving it, returns at once: that thread will get there.
     /// Does nothing for the other models, or if the epoch is already there.
     pub(crate) fn advance_to(&self, epoch: u64) {
-        let Model::Time(model) = &self.model else {
-            return;
-        };
-        // Acquire: see the buckets as the previous mover left them.
-        if model
-            .advancing
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
+        if let Model::Time(model) = &self.model {
+            model
+                .clock
+                .advance_to(epoch, |bucket| self.empty_bucket(bucket));
         }
-        let mut current = model.epoch.0.load(Ordering::Relaxed) >> BUCKET_BITS;
-        while current < epoch {
-            let next = if epoch - current >= model.buckets {
-                // The whole window has passed: empty it all and jump.
-                for bucket in 0..self.failures.len() {
-                    self.empty_bucket(bucket);
-                }
-                epoch
-            } else {
-                self.empty_bucket(((current + 1) % model.buckets) as usize);
-                current + 1
-            };
-            // Release: a recorder that reads the new epoch (Acquire) adds to a bucket that
-            // is already empty, so its count cannot be swept away by the emptying.
-            model.epoch.0.store(
-                (next << BUCKET_BITS) | (next % model.buckets),
-                Ordering::Release,
-            );
-            current = next;
-        }
-        model.advancing.store(false, Ordering::Release);
     }
 
     /// The current epoch of a time window; `None` for the other models.
     pub(crate) fn epoch(&self) -> Option<u64> {
         match &self.model {
-            Model::Time(model) => Some(model.epoch.0.load(Ordering::Acquire) >> BUCKET_BITS),
+            Model::Time(model) => Some(model.clock.epoch()),
             Model::Consecutive(_) | Model::Rate(_) => None,
         }
     }
@@ -772,8 +737,7 @@ impl TimeWindow {
     /// The bucket of the current epoch: one load, no division.
     #[inline]
     fn bucket(&self) -> usize {
-        // Acquire: pairs with the Release that published the epoch after emptying its bucket.
-        (self.epoch.0.load(Ordering::Acquire) & BUCKET_MASK) as usize
+        self.clock.bucket()
     }
 
     fn trips_on_failures(&self, counts: Counts) -> bool {

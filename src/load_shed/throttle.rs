@@ -28,8 +28,8 @@ use rand::{RngExt, SeedableRng};
 use tower::{Layer, Service};
 
 use crate::error::{BoxError, ConfigError, ErrorKind};
-use crate::sync::{AtomicBool, AtomicU64, Ordering, Padded};
-use crate::ticker::{Epochs, Ticker};
+use crate::sync::{AtomicU64, Ordering, Padded};
+use crate::ticker::{BucketClock, Epochs, Ticker};
 
 const LAYER: &str = "ThrottleLayer";
 
@@ -270,10 +270,8 @@ struct ThrottleState {
     k: f64,
     requests: Box<[Padded<AtomicU64>]>,
     accepts: Box<[Padded<AtomicU64>]>,
-    /// The current epoch (tenths of the window since the layer was built); its bucket is
-    /// `epoch % BUCKETS`.
-    epoch: AtomicU64,
-    advancing: AtomicBool,
+    /// The current epoch (tenths of the window since the layer was built) and its bucket.
+    clock: BucketClock,
     /// Service clones made, to give each its own random stream.
     clones: AtomicU64,
     ticker: Ticker,
@@ -286,16 +284,14 @@ impl ThrottleState {
             k,
             requests: counters(),
             accepts: counters(),
-            epoch: AtomicU64::new(0),
-            advancing: AtomicBool::new(false),
+            clock: BucketClock::new(BUCKETS as u64),
             clones: AtomicU64::new(0),
             ticker: Ticker::new(window / BUCKETS as u32, BUCKETS as u64),
         }
     }
 
     fn bucket(&self) -> usize {
-        // Acquire: pairs with the Release that published the epoch after emptying its bucket.
-        (self.epoch.load(Ordering::Acquire) % BUCKETS as u64) as usize
+        self.clock.bucket()
     }
 
     fn counts(&self) -> (u64, u64) {
@@ -317,32 +313,15 @@ impl Epochs for ThrottleState {
         Some(&self.ticker)
     }
 
-    /// Empties each bucket before publishing it as current, as the breaker's time window
-    /// does; one mover at a time.
     fn advance_to(&self, epoch: u64) {
-        if self
-            .advancing
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
-        }
-        let mut current = self.epoch.load(Ordering::Relaxed);
-        if epoch > current + BUCKETS as u64 {
-            current = epoch - BUCKETS as u64;
-        }
-        while current < epoch {
-            current += 1;
-            let bucket = (current % BUCKETS as u64) as usize;
+        self.clock.advance_to(epoch, |bucket| {
             self.requests[bucket].0.store(0, Ordering::Relaxed);
             self.accepts[bucket].0.store(0, Ordering::Relaxed);
-            self.epoch.store(current, Ordering::Release);
-        }
-        self.advancing.store(false, Ordering::Release);
+        });
     }
 
     fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.clock.epoch()
     }
 
     fn activity(&self) -> u64 {
