@@ -16,7 +16,9 @@
 //! compare-and-swap or answers with its boxed `Overloaded` (one allocation).
 //!
 //! - `admitted`: every call is admitted and succeeds at once; limit 64, never reached (each
-//!   call gives its slot back before the next starts).
+//!   call gives its slot back before the next starts). `firebreak_throttle` is the
+//!   client-side `ThrottleLayer` over the same service, which accepts everything: the cost of
+//!   counting and checking the rejection probability on a request that is sent.
 //! - `rejected`: limit 1, taken by one call whose response future is kept alive, never
 //!   polled, outside the timed loop (for tower: a `poll_ready` that took the permit, then a
 //!   `call` that moved it into the kept future); every timed call is rejected. The errors are
@@ -41,7 +43,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use tower::{Layer, Service, ServiceBuilder};
 use tower_firebreak::error::BoxError;
-use tower_firebreak::load_shed::{LoadShedLayer, Overloaded};
+use tower_firebreak::load_shed::{LoadShedLayer, Overloaded, ThrottleLayer};
 
 /// The request every call sends.
 const REQUEST: u64 = 1;
@@ -145,8 +147,16 @@ fn bench_admitted(c: &mut Criterion) {
     );
     let layer = firebreak_layer(ROOMY_LIMIT);
     calls(&mut group, "firebreak", layer.layer(Inner));
+    // Client-side throttling over a dependency that accepts everything: the cost of the
+    // counting and the probability check on a request that is sent.
+    let throttle = ThrottleLayer::builder()
+        .seed(1)
+        .build()
+        .expect("valid settings");
+    calls(&mut group, "firebreak_throttle", throttle.layer(Inner));
     group.finish();
     assert_eq!(layer.in_flight(), 0, "every slot came back");
+    assert_eq!(throttle.rejection_probability(), 0.0);
 }
 
 /// Times calls to `svc`, whose limit is full, counting the errors. Checks first that a call
