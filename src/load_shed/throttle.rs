@@ -28,7 +28,7 @@ use rand::{RngExt, SeedableRng};
 use tower::{Layer, Service};
 
 use crate::error::{BoxError, ConfigError, ErrorKind};
-use crate::sync::{AtomicU64, Ordering, Padded};
+use crate::sync::{AtomicU64, Ordering};
 use crate::ticker::{BucketClock, Epochs, Ticker};
 
 const LAYER: &str = "ThrottleLayer";
@@ -268,8 +268,10 @@ impl<C> ThrottleLayerBuilder<C> {
 #[derive(Debug)]
 struct ThrottleState {
     k: f64,
-    requests: Box<[Padded<AtomicU64>]>,
-    accepts: Box<[Padded<AtomicU64>]>,
+    /// Per bucket. Not one cache line per counter: every call reads them all to compute the
+    /// probability, and every thread writes the current bucket anyway.
+    requests: Box<[AtomicU64]>,
+    accepts: Box<[AtomicU64]>,
     /// The current epoch (tenths of the window since the layer was built) and its bucket.
     clock: BucketClock,
     /// Service clones made, to give each its own random stream.
@@ -279,7 +281,7 @@ struct ThrottleState {
 
 impl ThrottleState {
     fn new(k: f64, window: Duration) -> ThrottleState {
-        let counters = || (0..BUCKETS).map(|_| Padded(AtomicU64::new(0))).collect();
+        let counters = || (0..BUCKETS).map(|_| AtomicU64::new(0)).collect();
         ThrottleState {
             k,
             requests: counters(),
@@ -295,8 +297,8 @@ impl ThrottleState {
     }
 
     fn counts(&self) -> (u64, u64) {
-        let sum = |counters: &[Padded<AtomicU64>]| -> u64 {
-            counters.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+        let sum = |counters: &[AtomicU64]| -> u64 {
+            counters.iter().map(|c| c.load(Ordering::Relaxed)).sum()
         };
         (sum(&self.requests), sum(&self.accepts))
     }
@@ -315,8 +317,8 @@ impl Epochs for ThrottleState {
 
     fn advance_to(&self, epoch: u64) {
         self.clock.advance_to(epoch, |bucket| {
-            self.requests[bucket].0.store(0, Ordering::Relaxed);
-            self.accepts[bucket].0.store(0, Ordering::Relaxed);
+            self.requests[bucket].store(0, Ordering::Relaxed);
+            self.accepts[bucket].store(0, Ordering::Relaxed);
         });
     }
 
@@ -406,9 +408,7 @@ where
         Ticker::keep_moving(state);
         let probability = state.probability();
         // Every attempted request counts, the ones rejected here too (as in the SRE book).
-        state.requests[state.bucket()]
-            .0
-            .fetch_add(1, Ordering::Relaxed);
+        state.requests[state.bucket()].fetch_add(1, Ordering::Relaxed);
         if probability > 0.0 && self.rng.random::<f64>() < probability {
             tracing::debug!(probability, "throttled locally");
             return ThrottleFuture::throttled(Throttled { probability });
@@ -480,9 +480,7 @@ where
             && !classifier.is_rejection(&result)
         {
             let state = &local.state;
-            state.accepts[state.bucket()]
-                .0
-                .fetch_add(1, Ordering::Relaxed);
+            state.accepts[state.bucket()].fetch_add(1, Ordering::Relaxed);
         }
         Poll::Ready(result)
     }
