@@ -58,10 +58,12 @@
 use std::fmt;
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::{Pin, pin};
-use std::sync::Barrier;
-use std::task::{Context, Poll, Waker};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::contended;
 
 use criterion::measurement::WallTime;
 use criterion::{Bencher, BenchmarkGroup, Criterion, criterion_group, criterion_main};
@@ -169,27 +171,13 @@ impl Service<u64> for Recloser {
     }
 }
 
-/// One whole call; whether it succeeded (a rejection and an inner failure are both `false`).
+/// One whole call ([`common::one_call`]); whether it succeeded.
 #[inline(always)]
 fn one_call<S>(svc: &mut S, request: u64) -> bool
 where
     S: Service<u64, Response = u64>,
 {
-    let mut cx = Context::from_waker(Waker::noop());
-    let ready = loop {
-        if let Poll::Ready(ready) = svc.poll_ready(&mut cx) {
-            break ready;
-        }
-    };
-    if ready.is_err() {
-        return false;
-    }
-    let mut response = pin!(svc.call(black_box(request)));
-    loop {
-        if let Poll::Ready(result) = response.as_mut().poll(&mut cx) {
-            return result.is_ok();
-        }
-    }
+    common::one_call(svc, request).is_ok()
 }
 
 // ---- The breakers under test ----
@@ -414,59 +402,15 @@ impl std::error::Error for TwentyFourBytes {}
 
 // ---- Contended ----
 
-/// `threads` OS threads, each with its own clone of `svc`, share `iters` successful calls.
-/// Returns the wall time from the first thread's start to the last thread's end.
-fn contended<S>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    name: &str,
-    svc: &S,
-    threads: usize,
-    runtime: &tokio::runtime::Handle,
-) where
-    S: Service<u64, Response = u64> + Clone + Send,
-{
-    let mut clones: Vec<S> = (0..threads).map(|_| svc.clone()).collect();
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let threads = threads as u64;
-            let start_together = Barrier::new(clones.len());
-            let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
-                let workers: Vec<_> = (0_u64..)
-                    .zip(clones.iter_mut())
-                    .map(|(index, svc)| {
-                        let calls = iters / threads + u64::from(index < iters % threads);
-                        let start_together = &start_together;
-                        scope.spawn(move || {
-                            let _runtime = runtime.enter();
-                            start_together.wait();
-                            let start = Instant::now();
-                            for _ in 0..calls {
-                                black_box(one_call(svc, SUCCEEDS));
-                            }
-                            (start, Instant::now())
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|worker| worker.join().expect("a bench thread panicked"))
-                    .collect()
-            });
-            let first_start = spans.iter().map(|span| span.0).min().expect("a thread");
-            let last_end = spans.iter().map(|span| span.1).max().expect("a thread");
-            last_end - first_start
-        })
-    });
-}
-
 fn bench_contended(c: &mut Criterion, runtime: &tokio::runtime::Handle) {
     for (group_name, threads) in [("contended/1_thread", 1), ("contended/2_threads", 2)] {
         let mut group = c.benchmark_group(group_name);
-        contended(&mut group, "bare", &Inner, threads, runtime);
+        contended(&mut group, "bare", &Inner, SUCCEEDS, threads, runtime);
         contended(
             &mut group,
             "firebreak_rate",
             &firebreak_rate(),
+            SUCCEEDS,
             threads,
             runtime,
         );
@@ -474,6 +418,7 @@ fn bench_contended(c: &mut Criterion, runtime: &tokio::runtime::Handle) {
             &mut group,
             "firebreak_consecutive",
             &firebreak_consecutive(),
+            SUCCEEDS,
             threads,
             runtime,
         );
@@ -481,6 +426,7 @@ fn bench_contended(c: &mut Criterion, runtime: &tokio::runtime::Handle) {
             &mut group,
             "tower_resilience_rate",
             &resilience_rate(),
+            SUCCEEDS,
             threads,
             runtime,
         );
@@ -488,6 +434,7 @@ fn bench_contended(c: &mut Criterion, runtime: &tokio::runtime::Handle) {
             &mut group,
             "failsafe_consecutive",
             &failsafe_consecutive(5, AN_HOUR),
+            SUCCEEDS,
             threads,
             runtime,
         );
@@ -495,6 +442,7 @@ fn bench_contended(c: &mut Criterion, runtime: &tokio::runtime::Handle) {
             &mut group,
             "failsafe_default",
             &failsafe_default(),
+            SUCCEEDS,
             threads,
             runtime,
         );
@@ -502,6 +450,7 @@ fn bench_contended(c: &mut Criterion, runtime: &tokio::runtime::Handle) {
             &mut group,
             "recloser_rate",
             &recloser_rate(),
+            SUCCEEDS,
             threads,
             runtime,
         );

@@ -38,12 +38,13 @@
 //!   clock read; firebreak's into a counter per service clone.
 
 use std::fmt;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{contended, one_call};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
@@ -116,27 +117,6 @@ fn copy_request(request: &u64) -> Option<u64> {
 /// A request cloner: a copy marked as a retry's.
 fn mark_retry_copy(request: &u64) -> Option<u64> {
     Some(*request | RETRY_COPY)
-}
-
-/// One whole call, with its result.
-#[inline(always)]
-fn one_call<S>(svc: &mut S, request: u64) -> Result<u64, S::Error>
-where
-    S: Service<u64, Response = u64>,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    let ready = loop {
-        if let Poll::Ready(ready) = svc.poll_ready(&mut cx) {
-            break ready;
-        }
-    };
-    ready?;
-    let mut response = pin!(svc.call(black_box(request)));
-    loop {
-        if let Poll::Ready(result) = response.as_mut().poll(&mut cx) {
-            return result;
-        }
-    }
 }
 
 // ---- The retry layers under test ----
@@ -366,54 +346,6 @@ fn bench_budget_exhausted(c: &mut Criterion) {
     );
 }
 
-/// `threads` OS threads, each with its own clone of `svc`, share `iters` successful calls.
-/// Returns the wall time from the first thread's start to the last thread's end.
-fn contended<S>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    name: &str,
-    svc: &S,
-    threads: usize,
-    runtime: &tokio::runtime::Handle,
-) where
-    S: Service<u64, Response = u64> + Clone + Send,
-{
-    let mut clones: Vec<S> = (0..threads).map(|_| svc.clone()).collect();
-    for clone in &mut clones {
-        assert!(one_call(clone, REQUEST).is_ok(), "{name}");
-    }
-    group.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let threads = threads as u64;
-            let start_together = Barrier::new(clones.len());
-            let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
-                let workers: Vec<_> = (0_u64..)
-                    .zip(clones.iter_mut())
-                    .map(|(index, svc)| {
-                        let calls = iters / threads + u64::from(index < iters % threads);
-                        let start_together = &start_together;
-                        scope.spawn(move || {
-                            let _runtime = runtime.enter();
-                            start_together.wait();
-                            let start = Instant::now();
-                            for _ in 0..calls {
-                                let _ = black_box(one_call(svc, REQUEST));
-                            }
-                            (start, Instant::now())
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|worker| worker.join().expect("a bench thread panicked"))
-                    .collect()
-            });
-            let first_start = spans.iter().map(|span| span.0).min().expect("a thread");
-            let last_end = spans.iter().map(|span| span.1).max().expect("a thread");
-            last_end - first_start
-        })
-    });
-}
-
 fn bench_contended(c: &mut Criterion, runtime: &tokio::runtime::Handle) {
     let inner = Inner(succeeds);
     for (group_name, threads) in [
@@ -421,11 +353,12 @@ fn bench_contended(c: &mut Criterion, runtime: &tokio::runtime::Handle) {
         ("deposit_contended/2_threads", 2),
     ] {
         let mut group = c.benchmark_group(group_name);
-        contended(&mut group, "bare", &inner, threads, runtime);
+        contended(&mut group, "bare", &inner, REQUEST, threads, runtime);
         contended(
             &mut group,
             "tower_retry",
             &tower_retry(inner, Some(tps_default()), copy_request),
+            REQUEST,
             threads,
             runtime,
         );
@@ -434,6 +367,7 @@ fn bench_contended(c: &mut Criterion, runtime: &tokio::runtime::Handle) {
             &mut group,
             "firebreak_default",
             &layer.layer(inner),
+            REQUEST,
             threads,
             runtime,
         );
@@ -445,6 +379,7 @@ fn bench_contended(c: &mut Criterion, runtime: &tokio::runtime::Handle) {
             &mut group,
             "firebreak_no_budget",
             &layer.layer(inner),
+            REQUEST,
             threads,
             runtime,
         );
