@@ -51,6 +51,13 @@
 //!   rescans them all on every call, so its cost grows with the calls the window holds (here,
 //!   whatever one second of this closed loop adds up to).
 //!
+//! Benches build with every feature (the crate's self dev-dependency turns them on), so the
+//! `metrics` feature is compiled in, but no recorder is installed: each counter the layers
+//! hold is a no-op handle, one branch per call. With `FIREBREAK_BENCH_METRICS=1` in the
+//! environment a global recorder whose counters and gauges are plain atomics is installed
+//! first, so the firebreak rows include the metrics each call records (one increment of
+//! `firebreak_circuit_breaker_calls_total` per call that completes).
+//!
 //! The half-open groups run last, on a runtime with paused time (to end open periods without
 //! waiting): once any runtime pauses time, every later read of tokio's clock in the process
 //! goes through the paused-clock path, which the other groups must not measure.
@@ -753,7 +760,53 @@ fn bench_half_open(c: &mut Criterion) {
     group.finish();
 }
 
+/// A recorder whose counters and gauges are plain atomics, as in most exporters.
+#[cfg(feature = "metrics")]
+struct Atomics;
+
+#[cfg(feature = "metrics")]
+impl metrics::Recorder for Atomics {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)))
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)))
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
 fn benches(c: &mut Criterion) {
+    #[cfg(feature = "metrics")]
+    if std::env::var_os("FIREBREAK_BENCH_METRICS").is_some() {
+        metrics::set_global_recorder(Atomics).expect("the only recorder");
+    }
     // Entered, never driven: nothing here waits for a timer (a tripped breaker's timer is
     // armed for an hour). The half-open groups use their own runtime, with paused time.
     let runtime = tokio::runtime::Builder::new_current_thread()

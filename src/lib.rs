@@ -38,8 +38,16 @@
 //! 5. **load shed** — rejects work that cannot be served in time;
 //! 6. the service.
 //!
+//! [`sla::Sla`] builds steps 2 to 5 for calls to a dependency from what it promises (a
+//! latency objective, an availability, a maximum concurrency), in this order, with every
+//! parameter derived from the promise and the reason for each documented.
+//!
 //! Layers of this crate that can fail return [`error::BoxError`]; [`error::ErrorKind`] tells
 //! the failures apart. Invalid settings are a [`error::ConfigError`] from the builder.
+//!
+//! What the layers do besides succeeding (breaker transitions, rejections, retries, timeouts)
+//! is logged with `tracing`, passed to a listener set with a builder's `on_event`, and, with
+//! the `metrics` feature, counted through the `metrics` facade: see [`observe`].
 //!
 //! # Time
 //!
@@ -48,6 +56,8 @@
 //!
 //! [tower]: https://docs.rs/tower
 
+// docs.rs builds with nightly and `--cfg docsrs`: label feature-gated items there.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -60,8 +70,13 @@ pub mod builder;
 pub mod circuit_breaker;
 pub mod clock;
 pub mod error;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 pub mod load_shed;
+pub mod observe;
 pub mod retry;
+pub mod sla;
 pub mod timeout;
 
 mod sync;

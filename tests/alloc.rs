@@ -15,7 +15,9 @@ use tower::{Layer, Service, ServiceBuilder};
 use tower_firebreak::ServiceBuilderExt;
 use tower_firebreak::circuit_breaker::{CircuitBreakerLayer, Outcome, State};
 use tower_firebreak::error::BoxError;
-use tower_firebreak::load_shed::{LoadShedLayer, ThrottleLayer};
+use tower_firebreak::load_shed::{
+    Aimd, Gradient2, Limit, LoadShedLayer, SlaGuard, ThrottleLayer, Vegas,
+};
 use tower_firebreak::retry::RetryLayer;
 use tower_firebreak::timeout::deadline;
 
@@ -124,6 +126,64 @@ impl std::fmt::Display for StaticError {
     }
 }
 impl std::error::Error for StaticError {}
+
+/// Events heard by [`listener`]: a success path must report none.
+static EVENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A listener for the `on_event` of every layer.
+fn listener(_: &tower_firebreak::observe::Event<'_>) {
+    EVENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Builds with a recorder installed when the `metrics` feature is on, so that the layers'
+/// metrics are real handles that count, not no-ops.
+fn observed<T>(build: impl FnOnce() -> T) -> T {
+    #[cfg(feature = "metrics")]
+    return metrics::with_local_recorder(&Atomics, build);
+    #[cfg(not(feature = "metrics"))]
+    build()
+}
+
+/// A recorder whose counters and gauges are plain atomics.
+#[cfg(feature = "metrics")]
+struct Atomics;
+#[cfg(feature = "metrics")]
+impl metrics::Recorder for Atomics {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::from_arc(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)))
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::from_arc(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)))
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
 
 #[test]
 fn no_layer_allocates_per_call() {
@@ -276,6 +336,39 @@ fn no_layer_allocates_per_call() {
     }
     assert_eq!(shed.in_flight(), 0);
 
+    // Adaptive limits, admitted calls: every call is timed and sampled, and with a 1 ms
+    // window of 1 sample and the clock moved 1 ms between calls, every call also folds a
+    // window into the algorithm.
+    let adaptive: [Limit; 4] = [
+        Aimd::default().into(),
+        Gradient2::default().into(),
+        Vegas::default().into(),
+        SlaGuard::new(Duration::from_millis(100)).into(),
+    ];
+    for limit in adaptive {
+        let shed = LoadShedLayer::builder()
+            .limit(limit.clone())
+            .sample_window(Duration::from_millis(1), 1)
+            .build()
+            .unwrap();
+        let mut shed_ready = shed.layer(Ready);
+        let mut shed_pending = shed.layer(Slow);
+        for request in 1..=100 {
+            runtime.block_on(tokio::time::advance(Duration::from_millis(1)));
+            assert_eq!(
+                allocations_per_call(&mut shed_ready, request),
+                0,
+                "load shed, {limit:?}, ready"
+            );
+            assert_eq!(
+                allocations_per_call(&mut shed_pending, request),
+                0,
+                "load shed, {limit:?}, pending"
+            );
+        }
+        assert_eq!(shed.in_flight(), 0);
+    }
+
     // Client-side throttling, calls sent (the first call starts its window's timer task).
     let throttle = ThrottleLayer::builder().seed(1).build().unwrap();
     let mut throttled = throttle.layer(Ready);
@@ -331,6 +424,90 @@ fn no_layer_allocates_per_call() {
             "breaker, open"
         );
     }
+
+    // With a listener on every layer (and, with the `metrics` feature, real metric handles),
+    // success paths allocate nothing and report nothing.
+    let breaker = observed(|| {
+        CircuitBreakerLayer::builder()
+            .name("observed")
+            .on_event(listener)
+            .build()
+            .unwrap()
+    });
+    let mut breaker_ok = breaker.layer(Ready);
+    let retry = observed(|| {
+        RetryLayer::builder()
+            .name("observed")
+            .on_event(listener)
+            .build()
+            .unwrap()
+    });
+    let mut retry_ok = retry.layer(Ready);
+    let throttle = observed(|| {
+        ThrottleLayer::builder()
+            .name("observed")
+            .seed(1)
+            .on_event(listener)
+            .build()
+            .unwrap()
+    });
+    let mut throttle_ok = throttle.layer(Ready);
+    let timeout = observed(|| {
+        tower_firebreak::timeout::TimeoutLayer::builder()
+            .name("observed")
+            .attempt_timeout(Duration::from_secs(1))
+            .on_event(listener)
+            .build()
+            .unwrap()
+    });
+    let mut timeout_ready = timeout.layer(Ready);
+    let mut timeout_pending = timeout.layer(Slow);
+    // Warm up: the retry budget's and the throttle's timer tasks start on first use.
+    allocations_per_call(&mut retry_ok, 0);
+    allocations_per_call(&mut throttle_ok, 0);
+    allocations_per_call(&mut timeout_pending, 0);
+    for request in 1..=100 {
+        assert_eq!(
+            allocations_per_call(&mut breaker_ok, request),
+            0,
+            "observed breaker"
+        );
+        assert_eq!(
+            allocations_per_call(&mut retry_ok, request),
+            0,
+            "observed retry"
+        );
+        assert_eq!(
+            allocations_per_call(&mut throttle_ok, request),
+            0,
+            "observed throttle"
+        );
+        assert_eq!(
+            allocations_per_call(&mut timeout_ready, request),
+            0,
+            "observed timeout, ready"
+        );
+        assert_eq!(
+            allocations_per_call(&mut timeout_pending, request),
+            0,
+            "observed timeout, pending"
+        );
+    }
+    assert_eq!(EVENTS.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // A rejection is reported, and allocates nothing more than the error it returns.
+    breaker.handle().force_open();
+    let events = EVENTS.load(std::sync::atomic::Ordering::Relaxed);
+    for request in 1..=100 {
+        assert_eq!(
+            allocations_per_call_any(&mut breaker_ok, request),
+            1,
+            "observed breaker, open"
+        );
+    }
+    assert_eq!(
+        EVENTS.load(std::sync::atomic::Ordering::Relaxed),
+        events + 100
+    );
 
     // An explicit deadline scope around a call allocates nothing either.
     let at = tower_firebreak::clock::now() + Duration::from_secs(1);

@@ -76,6 +76,9 @@ impl<C> Permit<C> {
         let Some(local) = &self.local else { return };
         let outcome = local.classifier.classify(result);
         let shared = &local.shared;
+        if kind != Kind::Settled {
+            shared.count_outcome(outcome);
+        }
         match (kind, outcome) {
             (Kind::Settled, _) | (Kind::Closed(_), Outcome::Ignored) => {}
             (Kind::Closed(generation), Outcome::Success) => {

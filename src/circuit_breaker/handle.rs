@@ -24,6 +24,20 @@ pub enum State {
     Disabled,
 }
 
+impl State {
+    /// The state as a stable, `snake_case` string (`"closed"`, `"open"`, `"half_open"`,
+    /// `"forced_open"`, `"disabled"`), as logs and metric labels show it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::ForcedOpen => "forced_open",
+            State::Disabled => "disabled",
+        }
+    }
+}
+
 impl From<Phase> for State {
     fn from(phase: Phase) -> State {
         match phase {
@@ -59,6 +73,24 @@ pub enum TransitionReason {
     Disabled,
     /// [`Handle::reset`].
     Reset,
+}
+
+impl TransitionReason {
+    /// The reason as a stable, `snake_case` string (`"failure_threshold"`,
+    /// `"probes_succeeded"`, ...), as logs show it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TransitionReason::FailureThreshold => "failure_threshold",
+            TransitionReason::SlowCallThreshold => "slow_call_threshold",
+            TransitionReason::ProbesSucceeded => "probes_succeeded",
+            TransitionReason::ProbesFailed => "probes_failed",
+            TransitionReason::OpenElapsed => "open_elapsed",
+            TransitionReason::HalfOpenStalled => "half_open_stalled",
+            TransitionReason::ForcedOpen => "forced_open",
+            TransitionReason::Disabled => "disabled",
+            TransitionReason::Reset => "reset",
+        }
+    }
 }
 
 /// A change of state, as given to the listener set with

@@ -14,6 +14,7 @@ use super::shared::{Listener, OpenDuration, Shared, Timing};
 use super::state::{MAX_PROBES, StateMachine};
 use super::window::{MAX_BUCKETS, Model, Window};
 use crate::error::ConfigError;
+use crate::observe::{self, Event, Observer};
 
 const LAYER: &str = "CircuitBreakerLayer";
 
@@ -174,6 +175,7 @@ pub struct CircuitBreakerLayerBuilder<C = AnyErrorIsFailure> {
     half_open_max_wait: Duration,
     name: Option<Arc<str>>,
     listener: Option<Listener>,
+    events: Option<observe::Listener>,
     classifier: C,
     backpressure: bool,
     seed: Option<u64>,
@@ -196,6 +198,7 @@ impl Default for CircuitBreakerLayerBuilder {
             half_open_max_wait: Duration::from_secs(30),
             name: None,
             listener: None,
+            events: None,
             classifier: AnyErrorIsFailure,
             backpressure: false,
             seed: None,
@@ -355,7 +358,7 @@ impl<C> CircuitBreakerLayerBuilder<C> {
         self
     }
 
-    /// A name for tracing events and the handle.
+    /// A name for the handle, `tracing` events, [`Event`]s and the `name` label of metrics.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = Some(name.into());
         self
@@ -367,6 +370,33 @@ impl<C> CircuitBreakerLayerBuilder<C> {
         listener: impl Fn(&StateTransition) + Send + Sync + 'static,
     ) -> Self {
         self.listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// Called with an [`Event::BreakerTransition`] after every change of state (on the thread
+    /// that made it, after the `tracing` event and before the
+    /// [`on_transition`](Self::on_transition) listener), and with an
+    /// [`Event::BreakerRejected`] for every call rejected (on the thread that called). Calls
+    /// that go through report nothing. See [`observe`](crate::observe).
+    ///
+    /// ```
+    /// use tower_firebreak::circuit_breaker::CircuitBreakerLayer;
+    /// use tower_firebreak::observe::Event;
+    ///
+    /// let layer = CircuitBreakerLayer::builder()
+    ///     .name("payments")
+    ///     .on_event(|event: &Event<'_>| match event {
+    ///         Event::BreakerTransition { name, from, to, reason, .. } => {
+    ///             eprintln!("{name}: {} -> {} ({})", from.as_str(), to.as_str(), reason.as_str())
+    ///         }
+    ///         _ => {}
+    ///     })
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tower_firebreak::error::ConfigError>(())
+    /// ```
+    pub fn on_event(mut self, listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
+        self.events = Some(Arc::new(listener));
         self
     }
 
@@ -406,6 +436,7 @@ impl<C> CircuitBreakerLayerBuilder<C> {
             half_open_max_wait: self.half_open_max_wait,
             name: self.name,
             listener: self.listener,
+            events: self.events,
             classifier,
             backpressure: self.backpressure,
             seed: self.seed,
@@ -564,7 +595,7 @@ impl<C> CircuitBreakerLayerBuilder<C> {
                 slow_threshold,
                 bucket_width,
             },
-            self.name,
+            Observer::new(self.name, self.events),
             self.listener,
             seed,
             self.backpressure,

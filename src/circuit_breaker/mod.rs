@@ -63,8 +63,19 @@
 //!   generation it was admitted in, and an outcome from an earlier cycle changes nothing: a
 //!   slow call admitted while closed cannot close a half-open circuit.
 //! - A [`Handle`] reads the state and [`Metrics`], and forces the breaker open, disables it
-//!   or resets it. Transitions are logged with `tracing` and passed to the listener set with
-//!   [`on_transition`](CircuitBreakerLayerBuilder::on_transition).
+//!   or resets it.
+//!
+//! # Watching it
+//!
+//! Transitions are logged with `tracing` at `info` (a trip from closed to open at `warn`,
+//! with the trip model), each with the breaker's [`name`](CircuitBreakerLayerBuilder::name)
+//! and the reason; rejected calls at `debug`. Transitions and rejections are passed as
+//! [`Event`](crate::observe::Event)s to the listener set with
+//! [`on_event`](CircuitBreakerLayerBuilder::on_event), and transitions to the one set with
+//! [`on_transition`](CircuitBreakerLayerBuilder::on_transition). With the `metrics` feature,
+//! the breaker counts calls by outcome and rejections, and shows its state as a gauge (see
+//! [`observe::metrics`](crate::observe::metrics)). A call that goes through reports nothing
+//! but, with the `metrics` feature, one counter increment.
 //!
 //! # `poll_ready`
 //!

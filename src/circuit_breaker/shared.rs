@@ -15,9 +15,13 @@ use tokio::sync::Notify;
 
 use super::error::{CircuitOpen, Reason};
 use super::handle::{State, StateTransition, TransitionReason};
+use super::layer::Outcome;
 use super::state::{Phase, StateMachine, Transition};
 use super::window::Window;
 use crate::clock::{self, Instant};
+#[cfg(feature = "metrics")]
+use crate::observe::metrics::BreakerMetrics;
+use crate::observe::{Event, Observer};
 use crate::sync::{AtomicU64, Ordering};
 use crate::ticker::{Epochs, Ticker};
 
@@ -52,8 +56,12 @@ pub(crate) struct Shared {
     pub(crate) state: StateMachine,
     pub(crate) window: Window,
     timing: Timing,
-    name: Option<Arc<str>>,
+    /// The breaker's name and its `on_event` listener.
+    observer: Observer,
+    /// The `on_transition` listener.
     listener: Option<Listener>,
+    #[cfg(feature = "metrics")]
+    metrics: BreakerMetrics,
     /// Time zero for the instants kept below as nanoseconds in atomics.
     origin: Instant,
     /// When the current open period ends (nanoseconds since `origin`).
@@ -78,7 +86,7 @@ pub(crate) struct Shared {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("name", &self.name)
+            .field("name", &self.name())
             .field("state", &self.state.snapshot())
             .finish_non_exhaustive()
     }
@@ -89,7 +97,7 @@ impl Shared {
         state: StateMachine,
         window: Window,
         timing: Timing,
-        name: Option<Arc<str>>,
+        observer: Observer,
         listener: Option<Listener>,
         seed: u64,
         backpressure: bool,
@@ -102,7 +110,9 @@ impl Shared {
             state,
             window,
             timing,
-            name,
+            #[cfg(feature = "metrics")]
+            metrics: BreakerMetrics::new(&observer),
+            observer,
             listener,
             origin: clock::now(),
             open_until: AtomicU64::new(0),
@@ -117,7 +127,20 @@ impl Shared {
     }
 
     pub(crate) fn name(&self) -> Option<&str> {
-        self.name.as_deref()
+        self.observer.given_name()
+    }
+
+    /// Counts a classified outcome (with the `metrics` feature; otherwise nothing).
+    #[inline]
+    pub(crate) fn count_outcome(&self, outcome: Outcome) {
+        #[cfg(feature = "metrics")]
+        match outcome {
+            Outcome::Success => self.metrics.success.increment(1),
+            Outcome::Failure => self.metrics.failure.increment(1),
+            Outcome::Ignored => self.metrics.ignored.increment(1),
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = outcome;
     }
 
     /// The stripe for a new service clone, round robin.
@@ -156,8 +179,18 @@ impl Shared {
         self.consecutive_trips.load(Ordering::Relaxed)
     }
 
-    /// The error for a call rejected in `phase`.
+    /// The error for a call rejected in `phase`, reported as such.
     pub(crate) fn rejection(&self, phase: Phase) -> CircuitOpen {
+        let state = State::from(phase);
+        let name = self.observer.name();
+        tracing::debug!(
+            breaker = name,
+            state = state.as_str(),
+            "circuit breaker rejected a call"
+        );
+        #[cfg(feature = "metrics")]
+        self.metrics.rejected(state);
+        self.observer.emit(&Event::BreakerRejected { name, state });
         match phase {
             Phase::ForcedOpen => CircuitOpen::new(Reason::ForcedOpen, None),
             Phase::HalfOpen => CircuitOpen::new(Reason::ProbesInFlight, None),
@@ -219,23 +252,35 @@ impl Shared {
             reason,
             at,
         };
-        let name = self.name().unwrap_or("");
-        match event.to {
-            State::Open | State::ForcedOpen => tracing::warn!(
+        let name = self.observer.name();
+        let (from, to) = (event.from.as_str(), event.to.as_str());
+        if event.from == State::Closed && event.to == State::Open {
+            // A trip: the one transition that means a dependency just started failing.
+            tracing::warn!(
                 breaker = name,
-                from = ?event.from,
-                to = ?event.to,
-                reason = ?event.reason,
-                "circuit breaker opened"
-            ),
-            _ => tracing::info!(
+                from,
+                to,
+                reason = reason.as_str(),
+                trip_model = self.window.trip_model(),
+                "circuit breaker tripped open"
+            );
+        } else {
+            tracing::info!(
                 breaker = name,
-                from = ?event.from,
-                to = ?event.to,
-                reason = ?event.reason,
+                from,
+                to,
+                reason = reason.as_str(),
                 "circuit breaker state changed"
-            ),
+            );
         }
+        #[cfg(feature = "metrics")]
+        self.metrics.transition(event.to);
+        self.observer.emit(&Event::BreakerTransition {
+            name,
+            from: event.from,
+            to: event.to,
+            reason,
+        });
         if let Some(listener) = &self.listener {
             listener(&event);
         }

@@ -256,6 +256,15 @@ impl Window {
         }
     }
 
+    /// The trip model, named after the builder method that chose it, for logs.
+    pub(crate) fn trip_model(&self) -> &'static str {
+        match self.model {
+            Model::Consecutive(_) => "consecutive_failures",
+            Model::Rate(_) => "failure_rate",
+            Model::Time(_) => "time_window",
+        }
+    }
+
     pub(crate) fn stripes(&self) -> usize {
         self.stripes
     }

@@ -14,6 +14,10 @@
 //! requests the client sends settle at about `k` times what the dependency accepts: `k = 2`
 //! (the default) lets through twice what gets accepted, so the dependency still sees enough
 //! traffic to show it has recovered, while no longer paying for most of what it would reject.
+//!
+//! A local rejection is logged with `tracing` at `debug`, passed as an
+//! [`Event::Throttled`](crate::observe::Event::Throttled) to the listener set with
+//! [`on_event`](ThrottleLayerBuilder::on_event) and, with the `metrics` feature, counted.
 
 use std::fmt;
 use std::future::Future;
@@ -28,6 +32,9 @@ use rand::{RngExt, SeedableRng};
 use tower::{Layer, Service};
 
 use crate::error::{BoxError, ConfigError, ErrorKind};
+#[cfg(feature = "metrics")]
+use crate::observe::metrics::ThrottleMetrics;
+use crate::observe::{self, Event, Observer};
 use crate::sync::{AtomicU64, Ordering};
 use crate::ticker::{BucketClock, Epochs, Ticker};
 
@@ -144,6 +151,8 @@ impl ThrottleLayer {
             window: Duration::from_secs(120),
             seed: None,
             classifier: OverloadedIsRejection,
+            name: None,
+            events: None,
         }
     }
 }
@@ -183,6 +192,8 @@ pub struct ThrottleLayerBuilder<C = OverloadedIsRejection> {
     window: Duration,
     seed: Option<u64>,
     classifier: C,
+    name: Option<Arc<str>>,
+    events: Option<observe::Listener>,
 }
 
 impl<C> fmt::Debug for ThrottleLayerBuilder<C> {
@@ -190,6 +201,7 @@ impl<C> fmt::Debug for ThrottleLayerBuilder<C> {
         f.debug_struct("ThrottleLayerBuilder")
             .field("k", &self.k)
             .field("window", &self.window)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
@@ -216,6 +228,19 @@ impl<C> ThrottleLayerBuilder<C> {
         self
     }
 
+    /// A name for `tracing` events, [`Event`]s and the `name` label of metrics.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Called with an [`Event::Throttled`] for every call rejected locally, on the thread that
+    /// called. Calls sent to the dependency report nothing. See [`observe`](crate::observe).
+    pub fn on_event(mut self, listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
+        self.events = Some(Arc::new(listener));
+        self
+    }
+
     /// Decide what the dependency rejected with `classifier` instead of
     /// [`OverloadedIsRejection`] (for example, HTTP 429 and 503 responses).
     pub fn classifier<D>(self, classifier: D) -> ThrottleLayerBuilder<D> {
@@ -224,6 +249,8 @@ impl<C> ThrottleLayerBuilder<C> {
             window: self.window,
             seed: self.seed,
             classifier,
+            name: self.name,
+            events: self.events,
         }
     }
 
@@ -257,7 +284,11 @@ impl<C> ThrottleLayerBuilder<C> {
                 .finish()
         });
         Ok(ThrottleLayer {
-            state: Arc::new(ThrottleState::new(self.k, self.window)),
+            state: Arc::new(ThrottleState::new(
+                self.k,
+                self.window,
+                Observer::new(self.name, self.events),
+            )),
             classifier: self.classifier,
             seed,
         })
@@ -277,10 +308,13 @@ struct ThrottleState {
     /// Service clones made, to give each its own random stream.
     clones: AtomicU64,
     ticker: Ticker,
+    observer: Observer,
+    #[cfg(feature = "metrics")]
+    metrics: ThrottleMetrics,
 }
 
 impl ThrottleState {
-    fn new(k: f64, window: Duration) -> ThrottleState {
+    fn new(k: f64, window: Duration, observer: Observer) -> ThrottleState {
         let counters = || (0..BUCKETS).map(|_| AtomicU64::new(0)).collect();
         ThrottleState {
             k,
@@ -289,7 +323,22 @@ impl ThrottleState {
             clock: BucketClock::new(BUCKETS as u64),
             clones: AtomicU64::new(0),
             ticker: Ticker::new(window / BUCKETS as u32, BUCKETS as u64),
+            #[cfg(feature = "metrics")]
+            metrics: ThrottleMetrics::new(&observer),
+            observer,
         }
+    }
+
+    /// A call was rejected locally with `probability`.
+    fn throttled(&self, probability: f64) {
+        let name = self.observer.name();
+        tracing::debug!(name, probability, "throttled locally");
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics.rejections.increment(1);
+            self.metrics.probability.set(probability);
+        }
+        self.observer.emit(&Event::Throttled { name, probability });
     }
 
     fn bucket(&self) -> usize {
@@ -320,6 +369,8 @@ impl Epochs for ThrottleState {
             self.requests[bucket].store(0, Ordering::Relaxed);
             self.accepts[bucket].store(0, Ordering::Relaxed);
         });
+        #[cfg(feature = "metrics")]
+        self.metrics.probability.set(self.probability());
     }
 
     fn epoch(&self) -> u64 {
@@ -410,7 +461,7 @@ where
         // Every attempted request counts, the ones rejected here too (as in the SRE book).
         state.requests[state.bucket()].fetch_add(1, Ordering::Relaxed);
         if probability > 0.0 && self.rng.random::<f64>() < probability {
-            tracing::debug!(probability, "throttled locally");
+            state.throttled(probability);
             return ThrottleFuture::throttled(Throttled { probability });
         }
         ThrottleFuture::sent(

@@ -110,10 +110,7 @@ impl RetryBudget {
 
     /// Retries that could be made now, in tokens (fractional: deposits are fractions).
     pub fn balance(&self) -> f64 {
-        let (allowed, used) = self.state.window();
-        // Never below zero, although retries made can outlive the deposits that paid for
-        // them (they expire a bucket later): no retry is possible either way.
-        ((allowed as f64 - (used * UNIT) as f64) / UNIT as f64).max(0.0)
+        self.state.balance()
     }
 
     /// Retries refused since the budget was made, because it was empty.
@@ -265,6 +262,10 @@ pub(crate) struct BudgetState {
     /// Which stripe the next service clone takes.
     next_stripe: AtomicU64,
     ticker: Option<Ticker>,
+    /// The balance gauge of the first retry layer built with this budget, set at every
+    /// bucket change.
+    #[cfg(feature = "metrics")]
+    balance_gauge: std::sync::OnceLock<::metrics::Gauge>,
 }
 
 impl BudgetState {
@@ -295,7 +296,24 @@ impl BudgetState {
             refused: AtomicU64::new(0),
             next_stripe: AtomicU64::new(0),
             ticker,
+            #[cfg(feature = "metrics")]
+            balance_gauge: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Retries that could be made now, in tokens.
+    fn balance(&self) -> f64 {
+        let (allowed, used) = self.window();
+        // Never below zero, although retries made can outlive the deposits that paid for
+        // them (they expire a bucket later): no retry is possible either way.
+        ((allowed as f64 - (used * UNIT) as f64) / UNIT as f64).max(0.0)
+    }
+
+    /// Sets `gauge` to the balance at every bucket change, unless another retry layer's
+    /// gauge already is.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn watch_balance(&self, gauge: &::metrics::Gauge) {
+        let _ = self.balance_gauge.set(gauge.clone());
     }
 
     /// The stripe for a new service clone, round robin.
@@ -418,6 +436,10 @@ impl BudgetState {
         }
         self.epoch.store(current.max(epoch), Ordering::Release);
         self.advancing.store(false, Ordering::Release);
+        #[cfg(feature = "metrics")]
+        if let Some(gauge) = self.balance_gauge.get() {
+            gauge.set(self.balance());
+        }
     }
 }
 

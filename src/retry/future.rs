@@ -113,16 +113,13 @@ where
                     match next {
                         Next::Return => return Poll::Ready(result),
                         Next::OutOfBudget => {
-                            tracing::debug!(
-                                attempt = *this.attempt,
-                                "retry budget exhausted; not retrying"
-                            );
+                            this.local.settings.budget_exhausted(*this.attempt);
                             return Poll::Ready(
                                 result.map_err(|err| BoxError::from(BudgetExhausted::new(err))),
                             );
                         }
                         Next::Retry(delay) => {
-                            tracing::debug!(attempt = *this.attempt, ?delay, "retrying");
+                            this.local.settings.retry_scheduled(*this.attempt, delay);
                             *this.previous_delay = Some(delay);
                             if delay.is_zero() {
                                 this.state.set(State::Readying);
@@ -145,6 +142,7 @@ where
                         unreachable!("a retry is only scheduled with a copy of the request")
                     };
                     *this.attempt += 1;
+                    this.local.settings.count_attempt();
                     if *this.attempt < this.local.settings.max_attempts {
                         *this.spare = this.cloner.clone_request(&request);
                     }

@@ -13,6 +13,9 @@ use super::backoff::Backoff;
 use super::budget::RetryBudget;
 use super::policy::{CloneRequests, RetryErrors};
 use crate::error::ConfigError;
+#[cfg(feature = "metrics")]
+use crate::observe::metrics::RetryMetrics;
+use crate::observe::{self, Event, Observer};
 use crate::sync::{AtomicU64, Ordering};
 
 const LAYER: &str = "RetryLayer";
@@ -29,12 +32,59 @@ pub(crate) struct Settings {
     pub(crate) budget: Option<RetryBudget>,
     /// Gives each service clone the seed of its own jitter generator.
     seed: AtomicU64,
+    observer: Observer,
+    #[cfg(feature = "metrics")]
+    metrics: RetryMetrics,
 }
 
 impl Settings {
     /// The jitter seed for a new service clone: consecutive clones get unrelated seeds.
     pub(crate) fn seed_for_clone(&self) -> u64 {
         mix(self.seed.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// An attempt is about to be made (with the `metrics` feature, counted; otherwise
+    /// nothing).
+    #[inline]
+    pub(crate) fn count_attempt(&self) {
+        #[cfg(feature = "metrics")]
+        self.metrics.attempts.increment(1);
+    }
+
+    /// Attempt number `attempt` failed and will be retried after `delay`.
+    pub(crate) fn retry_scheduled(&self, attempt: u32, delay: Duration) {
+        let name = self.observer.name();
+        tracing::debug!(name, attempt, ?delay, "retrying");
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics.retries.increment(1);
+            self.set_balance();
+        }
+        self.observer.emit(&Event::RetryScheduled {
+            name,
+            attempt,
+            delay,
+        });
+    }
+
+    /// Attempt number `attempt` failed and would have been retried, but the budget is empty.
+    pub(crate) fn budget_exhausted(&self, attempt: u32) {
+        let name = self.observer.name();
+        tracing::debug!(name, attempt, "retry budget exhausted; not retrying");
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics.exhausted.increment(1);
+            self.set_balance();
+        }
+        self.observer
+            .emit(&Event::RetryBudgetExhausted { name, attempt });
+    }
+
+    #[cfg(feature = "metrics")]
+    fn set_balance(&self) {
+        if let Some(budget) = &self.budget {
+            self.metrics.balance.set(budget.balance());
+        }
     }
 }
 
@@ -53,6 +103,7 @@ impl fmt::Debug for Settings {
             .field("backoff", &self.backoff)
             .field("max_retry_after", &self.max_retry_after)
             .field("budget", &self.budget)
+            .field("observer", &self.observer)
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +162,8 @@ impl RetryLayer {
             policy: RetryErrors,
             cloner: CloneRequests,
             seed: None,
+            name: None,
+            events: None,
         }
     }
 }
@@ -158,6 +211,8 @@ pub struct RetryLayerBuilder<P = RetryErrors, R = CloneRequests> {
     policy: P,
     cloner: R,
     seed: Option<u64>,
+    name: Option<Arc<str>>,
+    events: Option<observe::Listener>,
 }
 
 impl<P, R> fmt::Debug for RetryLayerBuilder<P, R> {
@@ -167,6 +222,7 @@ impl<P, R> fmt::Debug for RetryLayerBuilder<P, R> {
             .field("backoff", &self.backoff)
             .field("max_retry_after", &self.max_retry_after)
             .field("budget", &self.budget)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
@@ -215,6 +271,37 @@ impl<P, R> RetryLayerBuilder<P, R> {
         self
     }
 
+    /// A name for `tracing` events, [`Event`]s and the `name` label of metrics.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Called with an [`Event::RetryScheduled`] for every retry and an
+    /// [`Event::RetryBudgetExhausted`] for every retry the budget refused, on the thread that
+    /// polled the call. Calls that succeed, and failures not worth a retry, report nothing.
+    /// See [`observe`](crate::observe).
+    ///
+    /// ```
+    /// use tower_firebreak::observe::Event;
+    /// use tower_firebreak::retry::RetryLayer;
+    ///
+    /// let layer = RetryLayer::builder()
+    ///     .name("inventory")
+    ///     .on_event(|event: &Event<'_>| {
+    ///         if let Event::RetryBudgetExhausted { name, .. } = event {
+    ///             eprintln!("{name}: retry budget exhausted");
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tower_firebreak::error::ConfigError>(())
+    /// ```
+    pub fn on_event(mut self, listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
+        self.events = Some(Arc::new(listener));
+        self
+    }
+
     /// Decide what to retry with `policy` instead of "every error".
     pub fn policy<Q>(self, policy: Q) -> RetryLayerBuilder<Q, R> {
         RetryLayerBuilder {
@@ -225,6 +312,8 @@ impl<P, R> RetryLayerBuilder<P, R> {
             policy,
             cloner: self.cloner,
             seed: self.seed,
+            name: self.name,
+            events: self.events,
         }
     }
 
@@ -239,6 +328,8 @@ impl<P, R> RetryLayerBuilder<P, R> {
             policy: self.policy,
             cloner,
             seed: self.seed,
+            name: self.name,
+            events: self.events,
         }
     }
 
@@ -281,6 +372,14 @@ impl<P, R> RetryLayerBuilder<P, R> {
         let seed = self
             .seed
             .unwrap_or_else(|| RandomState::new().build_hasher().finish());
+        let observer = Observer::new(self.name, self.events);
+        #[cfg(feature = "metrics")]
+        let metrics = RetryMetrics::new(&observer);
+        #[cfg(feature = "metrics")]
+        if let Some(budget) = &budget {
+            budget.state.watch_balance(&metrics.balance);
+            metrics.balance.set(budget.balance());
+        }
         Ok(RetryLayer {
             settings: Arc::new(Settings {
                 max_attempts: self.max_attempts,
@@ -288,6 +387,9 @@ impl<P, R> RetryLayerBuilder<P, R> {
                 max_retry_after: self.max_retry_after,
                 budget,
                 seed: AtomicU64::new(seed),
+                observer,
+                #[cfg(feature = "metrics")]
+                metrics,
             }),
             policy: self.policy,
             cloner: self.cloner,

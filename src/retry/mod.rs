@@ -65,7 +65,15 @@
 //! response future (as `tower::retry` does) and deposits into the budget (one increment on
 //! the service clone's own cache line). Nothing else is allocated on the success path, and no
 //! clock is read. A retry reads the clock if the request has a deadline, and a retry that
-//! waits allocates and arms its timer.
+//! waits allocates and arms its timer. With the `metrics` feature, each attempt also adds one
+//! counter increment.
+//!
+//! # Watching it
+//!
+//! Retries and retries the budget refused are logged with `tracing` at `debug`, passed as
+//! [`Event`](crate::observe::Event)s to the listener set with
+//! [`on_event`](RetryLayerBuilder::on_event), and, with the `metrics` feature, counted along
+//! with attempts and the budget's balance (see [`observe::metrics`](crate::observe::metrics)).
 
 mod backoff;
 mod budget;
@@ -205,6 +213,7 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let local = &self.local;
+        local.settings.count_attempt();
         if let Some(budget) = &local.settings.budget {
             Ticker::keep_moving(&budget.state);
             budget.state.deposit(local.stripe);

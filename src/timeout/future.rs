@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tokio::time::{Sleep, sleep_until};
 
 use super::deadline;
 use super::error::{DeadlineExceeded, Elapsed};
+use super::observer::{self, TimeoutObserver};
 use crate::clock::{self, Instant};
 use crate::error::BoxError;
 
@@ -63,6 +65,8 @@ pin_project! {
             // there anyway, otherwise when the timer is armed (the first pending poll).
             started: Option<Instant>,
             limit: Limit,
+            // Told when the call times out; `None` for a layer nobody watches.
+            observer: Option<Arc<TimeoutObserver>>,
         },
     }
 }
@@ -73,6 +77,7 @@ impl<F> ResponseFuture<F> {
         timeout: Duration,
         deadline: Option<Instant>,
         started: Option<Instant>,
+        observer: Option<Arc<TimeoutObserver>>,
     ) -> Self {
         ResponseFuture {
             state: TimeoutState::Running {
@@ -82,6 +87,7 @@ impl<F> ResponseFuture<F> {
                 deadline,
                 started,
                 limit: Limit::NotArmed,
+                observer,
             },
         }
     }
@@ -132,6 +138,7 @@ where
             deadline,
             started,
             limit,
+            observer,
         } = self.project().state.project()
         else {
             return Poll::Ready(Err(DeadlineExceeded::new().into()));
@@ -160,8 +167,14 @@ where
         };
         ready!(timer.poll(cx));
         let error: BoxError = match limit {
-            Limit::Deadline => DeadlineExceeded::new().into(),
-            _ => Elapsed::new(*timeout).into(),
+            Limit::Deadline => {
+                observer::deadline_exceeded(observer.as_deref());
+                DeadlineExceeded::new().into()
+            }
+            _ => {
+                observer::timed_out(observer.as_deref(), *timeout);
+                Elapsed::new(*timeout).into()
+            }
         };
         Poll::Ready(Err(error))
     }
@@ -304,6 +317,7 @@ mod tests {
             inner,
             Duration::from_secs(1),
             None,
+            None,
             None
         ));
         assert!(matches!(poll_once(future.as_mut()), Poll::Ready(Ok(7))));
@@ -322,6 +336,7 @@ mod tests {
         let mut future = pin!(ResponseFuture::running(
             inner,
             Duration::from_secs(1),
+            None,
             None,
             None
         ));

@@ -1,11 +1,14 @@
 //! [`TimeoutLayer`] and [`DeadlineLayer`], with their builders.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tower::Layer;
 
+use super::observer::TimeoutObserver;
 use super::{Deadline, Timeout};
 use crate::error::ConfigError;
+use crate::observe::{self, Event, Observer};
 
 /// Fails an attempt that takes longer than a per-attempt timeout, or than the time left
 /// before the request's deadline, whichever is shorter.
@@ -25,15 +28,17 @@ use crate::error::ConfigError;
 /// assert!(TimeoutLayer::new(Duration::ZERO).is_err());
 /// # Ok::<(), tower_firebreak::error::ConfigError>(())
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TimeoutLayer {
     timeout: Duration,
+    /// Only for a layer with a name, a listener or metrics: see `TimeoutLayerBuilder::name`.
+    observer: Option<Arc<TimeoutObserver>>,
 }
 
 impl TimeoutLayer {
     /// Starts building a timeout layer.
     pub fn builder() -> TimeoutLayerBuilder {
-        TimeoutLayerBuilder { timeout: None }
+        TimeoutLayerBuilder::default()
     }
 
     /// A timeout layer with the given per-attempt timeout; shorthand for the builder.
@@ -55,15 +60,27 @@ impl<S> Layer<S> for TimeoutLayer {
     type Service = Timeout<S>;
 
     fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout::new(inner, self.timeout)
+        Timeout::new(inner, self.timeout, self.observer.clone())
     }
 }
 
 /// Builder of [`TimeoutLayer`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct TimeoutLayerBuilder {
     timeout: Option<Duration>,
+    name: Option<Arc<str>>,
+    events: Option<observe::Listener>,
+}
+
+impl std::fmt::Debug for TimeoutLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimeoutLayerBuilder")
+            .field("timeout", &self.timeout)
+            .field("name", &self.name)
+            .field("listener", &self.events.is_some())
+            .finish()
+    }
 }
 
 impl TimeoutLayerBuilder {
@@ -77,6 +94,45 @@ impl TimeoutLayerBuilder {
         self
     }
 
+    /// A name for `tracing` events, [`Event`]s and the `name` label of metrics.
+    ///
+    /// A timeout is only known in the response future, so a layer with a name, a listener
+    /// or (with the `metrics` feature) metrics gives each response future a reference to
+    /// them: one reference-count increment and decrement per call, no allocation. A layer
+    /// with none of them pays nothing.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Called with an [`Event::TimedOut`] for every attempt that outlived its timeout and an
+    /// [`Event::DeadlineExceeded`] for every call this layer failed because the request's
+    /// deadline came first (or had passed), on the thread that polled the call. Calls that
+    /// finish in time report nothing. Costs a reference count per call: see
+    /// [`name`](Self::name).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_firebreak::observe::Event;
+    /// use tower_firebreak::timeout::TimeoutLayer;
+    ///
+    /// let layer = TimeoutLayer::builder()
+    ///     .attempt_timeout(Duration::from_millis(300))
+    ///     .name("search")
+    ///     .on_event(|event: &Event<'_>| {
+    ///         if let Event::TimedOut { name, timeout, .. } = event {
+    ///             eprintln!("{name}: an attempt took longer than {timeout:?}");
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok::<(), tower_firebreak::error::ConfigError>(())
+    /// ```
+    pub fn on_event(mut self, listener: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
+        self.events = Some(Arc::new(listener));
+        self
+    }
+
     /// Checks the settings and builds the layer.
     ///
     /// # Errors
@@ -85,7 +141,10 @@ impl TimeoutLayerBuilder {
     /// it is zero.
     pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
         let timeout = required_positive(self.timeout, "TimeoutLayer", "attempt_timeout")?;
-        Ok(TimeoutLayer { timeout })
+        let observed = cfg!(feature = "metrics") || self.name.is_some() || self.events.is_some();
+        let observer =
+            observed.then(|| Arc::new(TimeoutObserver::new(Observer::new(self.name, self.events))));
+        Ok(TimeoutLayer { timeout, observer })
     }
 }
 
