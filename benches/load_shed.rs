@@ -26,6 +26,15 @@
 //!   rejection is checked to be the layer's `Overloaded`. tower's `poll_ready` on a full
 //!   semaphore re-polls the one queued acquire future it keeps (boxed on the first miss,
 //!   before the timed loop).
+//! - `firebreak_aimd`, `firebreak_gradient2`, `firebreak_vegas`, `firebreak_sla_guard` (in
+//!   `admitted` and, the first two, in `shed_contended`): the same layer with an adaptive limit
+//!   starting at 64, default 100 ms sampling window. Each admitted call reads the clock twice
+//!   and adds to the window's counters; about once per 100 ms one call folds the window. The
+//!   calls in flight never reach half the limit, so the app-limited guard keeps it at 64
+//!   (checked after the run).
+//! - `firebreak_queue` (in `admitted`): the fixed limit of 64 with a wait queue (16 places,
+//!   LIFO) that nobody waits in: `poll_ready` takes the slot, `call` moves it into the
+//!   response future.
 //! - `shed_contended/1_thread` and `shed_contended/2_threads`: all calls admitted (limit 64); each
 //!   thread has its own clone of one shared service (`bare`: of the inner service), so the
 //!   threads share one limit (tower: one semaphore; firebreak: one counter). The time is wall
@@ -43,7 +52,9 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use tower::{Layer, Service, ServiceBuilder};
 use tower_firebreak::error::BoxError;
-use tower_firebreak::load_shed::{LoadShedLayer, Overloaded, ThrottleLayer};
+use tower_firebreak::load_shed::{
+    Aimd, Gradient2, Limit, LoadShedLayer, Overloaded, QueueOrder, SlaGuard, ThrottleLayer, Vegas,
+};
 
 /// The request every call sends.
 const REQUEST: u64 = 1;
@@ -105,6 +116,36 @@ fn firebreak_layer(limit: usize) -> LoadShedLayer {
         .expect("valid")
 }
 
+/// The adaptive limits, each starting at `limit` (never reached: the calls in flight never
+/// reach half of it, so the app-limited guard keeps it there), with the default 100 ms
+/// sampling window.
+fn adaptive_layers(limit: usize) -> [(&'static str, LoadShedLayer); 4] {
+    let limit = limit as u64;
+    let layers: [(&'static str, Limit); 4] = [
+        ("firebreak_aimd", Aimd::default().initial(limit).into()),
+        (
+            "firebreak_gradient2",
+            Gradient2::default().initial(limit).into(),
+        ),
+        ("firebreak_vegas", Vegas::default().initial(limit).into()),
+        (
+            "firebreak_sla_guard",
+            SlaGuard::new(Duration::from_millis(100))
+                .initial(limit)
+                .into(),
+        ),
+    ];
+    layers.map(|(name, limit)| {
+        (
+            name,
+            LoadShedLayer::builder()
+                .limit(limit)
+                .build()
+                .expect("valid"),
+        )
+    })
+}
+
 // ---- Groups ----
 
 /// Times `svc` with `b.iter` after checking that a call succeeds.
@@ -126,6 +167,18 @@ fn bench_admitted(c: &mut Criterion) {
     );
     let layer = firebreak_layer(ROOMY_LIMIT);
     calls(&mut group, "firebreak", layer.layer(Inner));
+    // With a wait queue nobody waits in: `poll_ready` reserves the slot, `call` uses it.
+    let queued = LoadShedLayer::builder()
+        .max_concurrency(ROOMY_LIMIT as u64)
+        .queue(16, Duration::from_millis(10), QueueOrder::Lifo)
+        .build()
+        .expect("valid");
+    calls(&mut group, "firebreak_queue", queued.layer(Inner));
+    // Adaptive limits: two clock reads and the window's counters per call.
+    let adaptive = adaptive_layers(ROOMY_LIMIT);
+    for (name, adaptive) in &adaptive {
+        calls(&mut group, name, adaptive.layer(Inner));
+    }
     // Client-side throttling over a dependency that accepts everything: the cost of the
     // counting and the probability check on a request that is sent.
     let throttle = ThrottleLayer::builder()
@@ -135,6 +188,14 @@ fn bench_admitted(c: &mut Criterion) {
     calls(&mut group, "firebreak_throttle", throttle.layer(Inner));
     group.finish();
     assert_eq!(layer.in_flight(), 0, "every slot came back");
+    for (name, adaptive) in &adaptive {
+        assert_eq!(adaptive.in_flight(), 0, "{name}: every slot came back");
+        assert_eq!(
+            adaptive.limit(),
+            ROOMY_LIMIT as u64,
+            "{name}: the limit held"
+        );
+    }
     assert_eq!(throttle.rejection_probability(), 0.0);
 }
 
@@ -214,8 +275,30 @@ fn bench_contended(c: &mut Criterion, runtime: &tokio::runtime::Handle) {
             threads,
             runtime,
         );
+        let [(name, aimd), (gradient_name, gradient), ..] = adaptive_layers(ROOMY_LIMIT);
+        contended(
+            &mut group,
+            name,
+            &aimd.layer(Inner),
+            REQUEST,
+            threads,
+            runtime,
+        );
+        contended(
+            &mut group,
+            gradient_name,
+            &gradient.layer(Inner),
+            REQUEST,
+            threads,
+            runtime,
+        );
         group.finish();
         assert_eq!(layer.in_flight(), 0, "every slot came back");
+        assert_eq!(
+            aimd.in_flight() + gradient.in_flight(),
+            0,
+            "every slot came back"
+        );
     }
 }
 

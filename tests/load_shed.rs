@@ -13,8 +13,12 @@ use rand::{RngExt, SeedableRng};
 use tokio::sync::oneshot;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_firebreak::error::{BoxError, ConfigError, ErrorKind};
-use tower_firebreak::load_shed::{LoadShedLayer, Overloaded, ThrottleLayer, Throttled};
+use tower_firebreak::load_shed::{
+    Aimd, Fixed, Gradient2, Limit, LoadShedLayer, Overloaded, QueueOrder, SlaGuard, ThrottleLayer,
+    Throttled, Vegas,
+};
 use tower_firebreak::retry::{RetryBudget, RetryLayer};
+use tower_firebreak::timeout::TimeoutLayer;
 
 fn layer(limit: u64) -> LoadShedLayer {
     LoadShedLayer::builder()
@@ -199,24 +203,61 @@ impl Service<u32> for Watched {
 
 #[test]
 fn under_many_racing_callers_and_random_cancellations_the_limit_holds() {
-    // Two worker threads, 16 tasks, 100,000 calls between them; a quarter of the responses
-    // are dropped before they finish. Outcomes are checked, not timings.
+    racing_callers(layer(4), 4);
+}
+
+#[test]
+fn under_many_racing_callers_a_moving_adaptive_limit_holds() {
+    // Gradient2 between 1 and 4, folding a window every 10 calls at most: the limit moves
+    // with the noise of real time while calls race for it.
+    let shed = LoadShedLayer::builder()
+        .limit(Gradient2::default().initial(4).min(1).max(4).tolerance(1.0))
+        .sample_window(Duration::from_millis(1), 10)
+        .build()
+        .unwrap();
+    racing_callers(shed, 4);
+}
+
+/// Two worker threads, 16 tasks, 100,000 calls between them; a quarter of the responses are
+/// dropped before they finish. Outcomes are checked, not timings: never more than `most`
+/// calls in the inner service at once, and no slot leaked.
+fn racing_callers(shed: LoadShedLayer, most: usize) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_time()
         .build()
         .unwrap();
     let watched = Watched::default();
-    let shed = layer(4);
     let admitted = Arc::new(AtomicUsize::new(0));
     runtime.block_on(async {
         let tasks: Vec<_> = (0..16_u64)
             .map(|task| {
                 let mut svc = shed.layer(watched.clone());
                 let admitted = Arc::clone(&admitted);
+                let shed = shed.clone();
+                let watched = watched.clone();
                 tokio::spawn(async move {
                     let mut rng = SmallRng::seed_from_u64(task);
                     for _ in 0..6_250 {
                         let yields = rng.random_range(0..4);
+                        if shed.queued() > 0 || rng.random_bool(0.5) {
+                            // Through `poll_ready`, which may wait in the queue; one wait in
+                            // ten is cut short and its clone dropped (the caller gave up).
+                            let wait = std::time::Duration::from_micros(rng.random_range(1..50));
+                            let give_up = rng.random_bool(0.1);
+                            match tokio::time::timeout(wait, svc.ready()).await {
+                                Ok(ready) => {
+                                    ready.unwrap();
+                                }
+                                Err(_) if give_up => {
+                                    svc = shed.layer(watched.clone());
+                                    continue;
+                                }
+                                Err(_) => {
+                                    svc.ready().await.unwrap();
+                                }
+                            }
+                        }
                         let mut response = Box::pin(svc.call(yields));
                         if rng.random_bool(0.25) {
                             // Poll once, then cancel.
@@ -234,12 +275,142 @@ fn under_many_racing_callers_and_random_cancellations_the_limit_holds() {
         }
     });
     assert!(
-        watched.most.load(Ordering::SeqCst) <= 4,
+        watched.most.load(Ordering::SeqCst) <= most,
         "the limit was exceeded"
     );
     assert_eq!(watched.in_flight.load(Ordering::SeqCst), 0);
     assert_eq!(shed.in_flight(), 0, "a slot leaked");
+    assert_eq!(shed.queued(), 0, "a waiter was left behind");
     assert!(admitted.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn under_many_racing_callers_waiting_in_a_queue_the_limit_holds() {
+    for order in [QueueOrder::Fifo, QueueOrder::Lifo] {
+        let shed = LoadShedLayer::builder()
+            .max_concurrency(4)
+            .queue(8, Duration::from_micros(200), order)
+            .build()
+            .unwrap();
+        racing_callers(shed, 4);
+    }
+}
+
+fn queued(limit: u64, capacity: usize, max_wait: Duration, order: QueueOrder) -> LoadShedLayer {
+    LoadShedLayer::builder()
+        .max_concurrency(limit)
+        .queue(capacity, max_wait, order)
+        .build()
+        .unwrap()
+}
+
+/// Records the id of each call it receives; a call ends when its receiver does.
+fn recording(
+    calls: &Arc<std::sync::Mutex<Vec<u32>>>,
+) -> impl Service<(u32, oneshot::Receiver<()>), Response = (), Error = BoxError, Future: Send>
++ Clone
++ Send
++ 'static {
+    let calls = Arc::clone(calls);
+    service_fn(move |(id, done): (u32, oneshot::Receiver<()>)| {
+        calls.lock().unwrap().push(id);
+        async move { done.await.map_err(BoxError::from) }
+    })
+}
+
+/// Limit 1, held by call 0; callers 1, 2 and 3 queue in that order; the order they are
+/// served in once call 0 ends.
+async fn served_order(order: QueueOrder) -> Vec<u32> {
+    let calls = Arc::default();
+    let shed = queued(1, 3, Duration::from_secs(10), order);
+    let mut svc = shed.layer(recording(&calls));
+    let (finish, done) = oneshot::channel();
+    let first = svc.ready().await.unwrap().call((0, done));
+    let mut waiters = Vec::new();
+    for id in 1..=3 {
+        let (now, done) = oneshot::channel();
+        now.send(()).unwrap();
+        waiters.push(tokio::spawn(svc.clone().oneshot((id, done))));
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(shed.queued(), u64::from(id));
+    }
+    finish.send(()).unwrap();
+    first.await.unwrap();
+    for waiter in waiters {
+        waiter.await.unwrap().unwrap();
+    }
+    assert_eq!((shed.in_flight(), shed.queued()), (0, 0));
+    calls.lock().unwrap().clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fifo_queue_serves_the_longest_waiting_first() {
+    assert_eq!(served_order(QueueOrder::Fifo).await, [0, 1, 2, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lifo_queue_serves_the_newest_first() {
+    assert_eq!(served_order(QueueOrder::Lifo).await, [0, 3, 2, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_is_rejected_after_max_wait_and_a_full_queue_rejects_at_once() {
+    let calls = Arc::default();
+    let shed = queued(1, 1, Duration::from_millis(100), QueueOrder::Fifo);
+    let mut svc = shed.layer(recording(&calls));
+    let (_hold, done) = oneshot::channel();
+    let _first = svc.ready().await.unwrap().call((0, done));
+    let start = tokio::time::Instant::now();
+    let waiter = tokio::spawn(svc.clone().oneshot((1, oneshot::channel().1)));
+    tokio::task::yield_now().await;
+    assert_eq!(shed.queued(), 1);
+    // The queue (capacity 1) is full: the next caller is rejected without waiting.
+    let err = svc
+        .clone()
+        .oneshot((2, oneshot::channel().1))
+        .await
+        .unwrap_err();
+    assert!(err.is::<Overloaded>());
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    // The waiter gives up after 100 ms, with `Overloaded`, never having reached the service.
+    let err = waiter.await.unwrap().unwrap_err();
+    assert_eq!(ErrorKind::of(&*err), ErrorKind::Overloaded);
+    assert_eq!(start.elapsed(), Duration::from_millis(100));
+    assert_eq!((shed.in_flight(), shed.queued()), (1, 0));
+    assert_eq!(*calls.lock().unwrap(), [0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_that_gives_up_leaves_the_queue_and_holds_no_slot() {
+    let calls = Arc::default();
+    let shed = queued(1, 4, Duration::from_secs(10), QueueOrder::Fifo);
+    let mut svc = shed.layer(recording(&calls));
+    let (finish, done) = oneshot::channel();
+    let first = svc.ready().await.unwrap().call((0, done));
+    // A waiter whose task is cancelled while it waits.
+    let waiter = tokio::spawn(svc.clone().oneshot((1, oneshot::channel().1)));
+    tokio::task::yield_now().await;
+    assert_eq!(shed.queued(), 1);
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    assert_eq!(shed.queued(), 0);
+    // A waiter handed a slot, then dropped before using it: the slot comes back.
+    let mut late = svc.clone();
+    let pending = std::future::poll_fn(|cx| Poll::Ready(late.poll_ready(cx).is_pending())).await;
+    assert!(pending);
+    assert_eq!(shed.queued(), 1);
+    finish.send(()).unwrap();
+    first.await.unwrap();
+    assert_eq!(
+        (shed.in_flight(), shed.queued()),
+        (1, 0),
+        "handed to the waiter"
+    );
+    drop(late);
+    assert_eq!(shed.in_flight(), 0, "given back");
+    assert_eq!(*calls.lock().unwrap(), [0]);
 }
 
 /// Polls a future once and reports whether it was ready.
@@ -272,6 +443,209 @@ fn every_invalid_setting_is_a_config_error() {
             "{limit} {hint:?}"
         );
     }
+}
+
+#[test]
+fn every_invalid_adaptive_setting_is_a_config_error() {
+    let build = |limit: Limit| LoadShedLayer::builder().limit(limit).build().unwrap_err();
+    let ms = Duration::from_millis;
+    for err in [
+        build(Fixed::new(0).into()),
+        build(Aimd::default().backoff_ratio(f64::NAN).into()),
+        build(Aimd::default().backoff_ratio(1.0).into()),
+        build(Aimd::default().initial(0).into()),
+        build(Aimd::default().max(2_000_000).into()),
+        build(Aimd::default().initial(5).min(10).into()),
+        build(Gradient2::default().tolerance(f64::INFINITY).into()),
+        build(Gradient2::default().smoothing(0.0).into()),
+        build(Gradient2::default().queue_size(-1.0).into()),
+        build(Gradient2::default().long_window(0).into()),
+        build(Vegas::default().alpha(0.0).into()),
+        build(Vegas::default().probe_interval(ms(10)).into()),
+        build(SlaGuard::new(ms(10)).percentile(1.0).into()),
+        build(SlaGuard::new(ms(10)).percentile(f64::NAN).into()),
+        build(SlaGuard::new(Duration::from_secs(7200)).into()),
+    ] {
+        assert!(matches!(err, ConfigError::OutOfRange { .. }), "{err}");
+    }
+    for err in [
+        build(Aimd::default().min(10).max(5).into()),
+        build(Vegas::default().alpha(6.0).beta(3.0).into()),
+    ] {
+        assert!(matches!(err, ConfigError::MinAboveMax { .. }), "{err}");
+    }
+    for err in [
+        build(SlaGuard::new(Duration::ZERO).into()),
+        build(Aimd::default().drop_latency(Duration::ZERO).into()),
+    ] {
+        assert!(matches!(err, ConfigError::ZeroDuration { .. }), "{err}");
+    }
+    let b = LoadShedLayer::builder;
+    for err in [
+        b().max_concurrency(5)
+            .limit(Aimd::default())
+            .build()
+            .unwrap_err(),
+        b().max_concurrency(5)
+            .sample_window(ms(100), 10)
+            .build()
+            .unwrap_err(),
+    ] {
+        assert!(matches!(err, ConfigError::Incompatible { .. }), "{err}");
+    }
+    for (window, samples) in [
+        (Duration::ZERO, 10),
+        (Duration::from_secs(61), 10),
+        (ms(100), 0),
+    ] {
+        let err = b()
+            .limit(Aimd::default())
+            .sample_window(window, samples)
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::OutOfRange { .. }), "{err}");
+    }
+}
+
+/// A service that never answers: with a timeout inside the shedding layer, every call ends
+/// as a timeout, a drop.
+fn hanging_behind_a_timeout(
+    timeout: Duration,
+) -> impl Service<(), Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static {
+    TimeoutLayer::new(timeout)
+        .unwrap()
+        .layer(service_fn(|(): ()| {
+            std::future::pending::<Result<(), BoxError>>()
+        }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn drops_lower_an_adaptive_limit_and_a_rejection_reports_the_limit_it_met() {
+    // AIMD from 4, halving after a window with a drop; a window of 1 ms and 1 sample.
+    let shed = LoadShedLayer::builder()
+        .limit(Aimd::default().initial(4).backoff_ratio(0.5))
+        .sample_window(Duration::from_millis(1), 1)
+        .build()
+        .unwrap();
+    let mut svc = shed.layer(hanging_behind_a_timeout(Duration::from_millis(10)));
+    let calls: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(svc.clone().oneshot(())))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!((shed.in_flight(), shed.limit()), (4, 4));
+    let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<Overloaded>().unwrap().limit(), 4);
+    // All four time out (drops): the first to complete folds a window and halves the limit.
+    for call in calls {
+        let err = call.await.unwrap().unwrap_err();
+        assert_eq!(ErrorKind::of(&*err), ErrorKind::TimedOut);
+    }
+    assert_eq!(svc.current_limit(), 2);
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(svc.clone().oneshot(())))
+        .collect();
+    tokio::task::yield_now().await;
+    let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<Overloaded>().unwrap().limit(), 2);
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_call_is_not_sampled() {
+    // Any call slower than 5 ms counts as a drop; every sample folds a window.
+    let shed = LoadShedLayer::builder()
+        .limit(
+            Aimd::default()
+                .initial(10)
+                .drop_latency(Duration::from_millis(5)),
+        )
+        .sample_window(Duration::from_millis(1), 1)
+        .build()
+        .unwrap();
+    let slow = service_fn(|(): ()| async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok::<_, BoxError>(())
+    });
+    let mut svc = shed.layer(slow);
+    let cancelled = svc.ready().await.unwrap().call(());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(cancelled);
+    assert_eq!((shed.in_flight(), shed.limit()), (0, 10), "not sampled");
+    // The same call completed is sampled: 50 ms is slow, the limit backs off.
+    svc.ready().await.unwrap().call(()).await.unwrap();
+    assert_eq!(shed.limit(), 9);
+}
+
+/// One worker taking `service_time` per call, with a FIFO queue in front of it.
+fn one_worker(
+    service_time: Duration,
+) -> impl Service<(), Response = (), Error = BoxError, Future: Send> + Clone + Send + 'static {
+    let worker = Arc::new(tokio::sync::Semaphore::new(1));
+    service_fn(move |(): ()| {
+        let worker = Arc::clone(&worker);
+        async move {
+            let _worker = worker.acquire().await.map_err(BoxError::from)?;
+            tokio::time::sleep(service_time).await;
+            Ok::<_, BoxError>(())
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_latency_objective_sheds_once_admitted_calls_breach_it() {
+    // One worker, 10 ms a call: 100 calls a second at most, and with `n` calls in it the
+    // last waits `n × 10 ms`. The objective, 35 ms, allows 3.
+    let shed = LoadShedLayer::builder()
+        .latency_objective(Duration::from_millis(35))
+        .sample_window(Duration::from_millis(50), 5)
+        .build()
+        .unwrap();
+    let svc = shed.layer(one_worker(Duration::from_millis(10)));
+    assert_eq!(shed.limit(), 20);
+    // 4 calls every 10 ms for 3 s: 4 times what it can serve.
+    let mut calls = Vec::new();
+    for tick in 0..300 {
+        for _ in 0..4 {
+            let call = svc.clone().oneshot(());
+            calls.push(tokio::spawn(async move {
+                let start = tokio::time::Instant::now();
+                let admitted = call.await.is_ok();
+                (tick, admitted, start.elapsed())
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut settled = Vec::new();
+    for call in calls {
+        let (tick, admitted, latency) = call.await.unwrap();
+        if admitted && tick >= 100 {
+            settled.push(latency);
+        }
+    }
+    let over = |bound: u64| {
+        settled
+            .iter()
+            .filter(|latency| **latency > Duration::from_millis(bound))
+            .count()
+    };
+    let (late, very_late) = (over(35), over(45));
+    println!(
+        "latency objective: limit {}, {} admitted in the last 2 s, {late} over 35 ms, \
+         {very_late} over 45 ms",
+        shed.limit(),
+        settled.len()
+    );
+    assert!(
+        shed.limit() <= 4,
+        "the guard cut the limit: {}",
+        shed.limit()
+    );
+    // The worker stays busy: at least 95% of its 200 calls in 2 s.
+    assert!(settled.len() >= 190, "{}", settled.len());
+    // The p99 is within one service time of the objective (see `SlaGuard`: each probe of
+    // one more call costs a step of 10 ms here), and most calls are within the objective.
+    assert!(very_late * 100 <= settled.len(), "{very_late} over 45 ms");
+    assert!(late * 10 <= settled.len(), "{late} over 35 ms");
 }
 
 /// A dependency that accepts at most `capacity` calls per second of virtual time and

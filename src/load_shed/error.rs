@@ -26,7 +26,8 @@ impl Overloaded {
         self.retry_after
     }
 
-    /// The concurrency limit that was reached.
+    /// The concurrency limit that was reached: for an adaptive limit, its value when the call
+    /// was rejected.
     pub fn limit(&self) -> u64 {
         self.limit
     }
