@@ -66,8 +66,9 @@
 //!   when it arms its timer, so below a buffer it still stops at the deadline; only the
 //!   "already expired, do not call" check is lost, because that happens in `call`. The
 //!   [`Deadline`](super::Deadline) layer above the buffer enforces the deadline in any case.
-//! - **Across processes**, the `http` feature (a later release) carries the remaining time in
-//!   a request header.
+//! - **Across processes**, the `http` feature's `PropagateDeadlineLayer` writes the remaining
+//!   time into a `grpc-timeout` request header, and its `AcceptDeadlineLayer` makes it the
+//!   server's deadline (an expired one is refused at once).
 
 use std::future::Future;
 use std::pin::Pin;
