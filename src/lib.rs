@@ -66,6 +66,28 @@
     unreachable_pub
 )]
 
+/// `get_ref`, `get_mut` and `into_inner`, as tower's own middleware has them, for a service
+/// generic over `S` that keeps the service it wraps in a field named `inner`. Defined before
+/// the modules, so that every one of them can use it.
+macro_rules! inner_service_accessors {
+    () => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// Unwraps the inner service.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+
 pub mod builder;
 pub mod circuit_breaker;
 pub mod clock;

@@ -183,20 +183,7 @@ impl<S, C> CircuitBreaker<S, C> {
         Handle::new(Arc::clone(&self.local.shared))
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 }
 
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {

@@ -399,20 +399,7 @@ pub struct Throttle<S, C = OverloadedIsRejection> {
 }
 
 impl<S, C> Throttle<S, C> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    inner_service_accessors!();
 }
 
 impl<S: Clone, C: Clone> Clone for Throttle<S, C> {

@@ -133,26 +133,14 @@ pub(crate) fn check_duration(setting: &'static str, value: Duration) -> Result<(
 mod tests {
     use super::*;
 
+    use crate::load_shed::limit::{next_limit, window_of_10ms_calls};
+
     fn window(drops: u64, slow: u64, max_in_flight: u64) -> Window {
-        Window {
-            samples: 100,
-            drops,
-            slow,
-            avg_rtt_ns: 1e7,
-            min_rtt_ns: 1e7,
-            max_in_flight,
-            duration_ns: 100_000_000,
-        }
+        window_of_10ms_calls(100, drops, slow, max_in_flight)
     }
 
     fn step(aimd: &Aimd, limit: f64, w: Window) -> f64 {
-        let mut estimate = Estimate {
-            limit,
-            baseline_rtt_ns: 0.0,
-            counter: 0,
-        };
-        aimd.next(&mut estimate, &w);
-        estimate.limit
+        next_limit(limit, &w, |estimate, w| aimd.next(estimate, w))
     }
 
     #[test]

@@ -693,6 +693,41 @@ impl Limiter {
     }
 }
 
+/// A 100 ms window of `samples` calls of 10 ms each, for the algorithms' unit tests.
+#[cfg(all(test, not(loom)))]
+pub(crate) fn window_of_10ms_calls(
+    samples: u64,
+    drops: u64,
+    slow: u64,
+    max_in_flight: u64,
+) -> Window {
+    Window {
+        samples,
+        drops,
+        slow,
+        avg_rtt_ns: 1e7,
+        min_rtt_ns: 1e7,
+        max_in_flight,
+        duration_ns: 100_000_000,
+    }
+}
+
+/// The limit an algorithm's `next` makes of `limit` after `window`, from a fresh estimate.
+#[cfg(all(test, not(loom)))]
+pub(crate) fn next_limit(
+    limit: f64,
+    window: &Window,
+    next: impl FnOnce(&mut Estimate, &Window),
+) -> f64 {
+    let mut estimate = Estimate {
+        limit,
+        baseline_rtt_ns: 0.0,
+        counter: 0,
+    };
+    next(&mut estimate, window);
+    estimate.limit
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;

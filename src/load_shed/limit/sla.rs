@@ -160,26 +160,14 @@ impl SlaGuard {
 mod tests {
     use super::*;
 
+    use crate::load_shed::limit::{next_limit, window_of_10ms_calls};
+
     fn window(samples: u64, slow: u64, max_in_flight: u64) -> Window {
-        Window {
-            samples,
-            drops: 0,
-            slow,
-            avg_rtt_ns: 1e7,
-            min_rtt_ns: 1e7,
-            max_in_flight,
-            duration_ns: 100_000_000,
-        }
+        window_of_10ms_calls(samples, 0, slow, max_in_flight)
     }
 
     fn step(guard: &SlaGuard, limit: f64, w: Window) -> f64 {
-        let mut estimate = Estimate {
-            limit,
-            baseline_rtt_ns: 0.0,
-            counter: 0,
-        };
-        guard.next(&mut estimate, &w);
-        estimate.limit
+        next_limit(limit, &w, |estimate, w| guard.next(estimate, w))
     }
 
     #[test]
