@@ -2,9 +2,12 @@
 //! rest of a system down.
 //!
 //! Each protection is a tower `Layer` that wraps any `Service` (axum handlers, hyper and
-//! tonic clients, `service_fn`). Today the crate provides per-attempt **timeouts** and
-//! whole-request **deadlines** ([`timeout`]), **retries** under a budget ([`retry`]), a
-//! lock-free **circuit breaker** ([`circuit_breaker`]) and **load shedding** ([`load_shed`]).
+//! tonic clients, `service_fn`): per-attempt **timeouts** and whole-request **deadlines**
+//! ([`timeout`]), **retries** under a budget ([`retry`]), a lock-free **circuit breaker**
+//! ([`circuit_breaker`]), **load shedding** with fixed or adaptive concurrency limits and
+//! client-side **throttling** ([`load_shed`]), and the stack a dependency's objective calls
+//! for, derived from it ([`sla`]). With the `http` feature, HTTP's rules (status classes,
+//! `Retry-After`, idempotency, deadline headers, 503/504 answers) come ready-made (`http`).
 //!
 //! ```
 //! use std::time::Duration;

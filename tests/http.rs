@@ -218,6 +218,53 @@ async fn a_custom_table_changes_what_trips() {
     assert_eq!((metrics.failures, metrics.successes), (1, 1));
 }
 
+/// A server that says when it will be back is not probed before then: a 503 with
+/// `Retry-After: 5` that trips a breaker with a 1 s open duration keeps it open 5 s; an
+/// absurd value is held to the breaker's `max_retry_after`.
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_keeps_the_breaker_open_at_least_that_long() {
+    for (header, max, open_for) in [
+        ("5", Duration::from_secs(60), Duration::from_secs(5)),
+        ("86400", Duration::from_secs(10), Duration::from_secs(10)),
+        ("soon", Duration::from_secs(60), Duration::from_secs(1)),
+    ] {
+        let breaker = CircuitBreakerLayer::builder()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .jitter(0.0)
+            .max_retry_after(max)
+            .classifier(StatusClassifier::default())
+            .build()
+            .unwrap();
+        let handle = breaker.handle();
+        let upstream = tower::service_fn(move |_: ()| async move {
+            let response = Response::builder()
+                .status(503)
+                .header(RETRY_AFTER, header)
+                .body(())
+                .unwrap();
+            Ok::<_, BoxError>(response)
+        });
+        let svc = breaker.layer(upstream);
+        let started = tokio::time::Instant::now();
+        svc.clone().oneshot(()).await.unwrap();
+        assert_eq!(handle.state(), BreakerState::Open, "Retry-After: {header}");
+        // Just before the end of the open period it still rejects, and says how long is left.
+        tokio::time::sleep_until(started + open_for - MS).await;
+        let err = svc.clone().oneshot(()).await.unwrap_err();
+        assert_eq!(ErrorKind::of(&*err), ErrorKind::CircuitOpen);
+        assert_eq!(
+            ErrorKind::retry_after(&*err),
+            Some(MS),
+            "Retry-After: {header}"
+        );
+        // Then it probes.
+        tokio::time::sleep(2 * MS).await;
+        svc.clone().oneshot(()).await.unwrap();
+        assert_eq!(handle.state(), BreakerState::Open, "the probe failed again");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Retry-After and the retry policy.
 

@@ -79,6 +79,12 @@ impl<C> Permit<C> {
         if kind != Kind::Settled {
             shared.count_outcome(outcome);
         }
+        if outcome == Outcome::Failure
+            && kind != Kind::Settled
+            && let Some(hint) = local.classifier.retry_after(result)
+        {
+            shared.asked_to_wait(hint);
+        }
         match (kind, outcome) {
             (Kind::Settled, _) | (Kind::Closed(_), Outcome::Ignored) => {}
             (Kind::Closed(generation), Outcome::Success) => {

@@ -49,6 +49,16 @@ pub enum Outcome {
 pub trait Classify<Response, Error> {
     /// The outcome of one call.
     fn classify(&self, result: &Result<Response, Error>) -> Outcome;
+
+    /// How long the dependency asked its callers to stay away, if this result says so: an
+    /// HTTP `Retry-After`, a gRPC pushback. Asked only of results classified as failures.
+    /// When the breaker opens, it stays open at least until the latest such time (capped by
+    /// [`max_retry_after`](CircuitBreakerLayerBuilder::max_retry_after)): probing a dependency
+    /// that said when it will be back, before then, only adds to its load. `None` by default.
+    fn retry_after(&self, result: &Result<Response, Error>) -> Option<Duration> {
+        let _ = result;
+        None
+    }
 }
 
 impl<F, Response, Error> Classify<Response, Error> for F
@@ -173,6 +183,7 @@ pub struct CircuitBreakerLayerBuilder<C = AnyErrorIsFailure> {
     open: OpenDuration,
     jitter: f64,
     half_open_max_wait: Duration,
+    max_retry_after: Duration,
     name: Option<Arc<str>>,
     listener: Option<Listener>,
     events: Option<observe::Listener>,
@@ -196,6 +207,7 @@ impl Default for CircuitBreakerLayerBuilder {
             open: OpenDuration::Fixed(Duration::from_secs(5)),
             jitter: 0.1,
             half_open_max_wait: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(60),
             name: None,
             listener: None,
             events: None,
@@ -358,6 +370,15 @@ impl<C> CircuitBreakerLayerBuilder<C> {
         self
     }
 
+    /// The longest a dependency's own "come back later" (the classifier's
+    /// [`retry_after`](Classify::retry_after), such as an HTTP `Retry-After`) may keep the
+    /// breaker open past its open duration. Greater than zero, at most 1 hour; default 60 s,
+    /// so that a wrong or hostile header cannot take a dependency out of use for long.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
+    }
+
     /// A name for the handle, `tracing` events, [`Event`]s and the `name` label of metrics.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = Some(name.into());
@@ -434,6 +455,7 @@ impl<C> CircuitBreakerLayerBuilder<C> {
             open: self.open,
             jitter: self.jitter,
             half_open_max_wait: self.half_open_max_wait,
+            max_retry_after: self.max_retry_after,
             name: self.name,
             listener: self.listener,
             events: self.events,
@@ -451,7 +473,8 @@ impl<C> CircuitBreakerLayerBuilder<C> {
     /// A [`ConfigError`] naming the first invalid setting: zero consecutive failures, a window
     /// of 0 calls or 0 time, too many or too short buckets, a rate or ratio outside (0, 1] or
     /// NaN, slow calls with consecutive failures, zero probes, a zero duration, a multiplier
-    /// below 1, an initial duration above the maximum, jitter outside [0, 1).
+    /// below 1, an initial duration above the maximum, jitter outside [0, 1), a
+    /// `max_retry_after` above 1 hour.
     pub fn build(self) -> Result<CircuitBreakerLayer<C>, ConfigError> {
         let mut bucket_width = None;
         let model = match self.trip {
@@ -569,6 +592,15 @@ impl<C> CircuitBreakerLayerBuilder<C> {
             ));
         }
         positive(self.half_open_max_wait, "half_open_max_wait")?;
+        positive(self.max_retry_after, "max_retry_after")?;
+        if self.max_retry_after > Duration::from_secs(3600) {
+            return Err(ConfigError::out_of_range(
+                LAYER,
+                "max_retry_after",
+                format!("{:?}", self.max_retry_after),
+                "at most 1 hour",
+            ));
+        }
         let stripes = match self.stripes {
             Some(stripes) if !(1..=1024).contains(&stripes) => {
                 return Err(ConfigError::out_of_range(
@@ -592,6 +624,7 @@ impl<C> CircuitBreakerLayerBuilder<C> {
                 open: self.open,
                 jitter: self.jitter,
                 half_open_max_wait: self.half_open_max_wait,
+                max_retry_after: self.max_retry_after,
                 slow_threshold,
                 bucket_width,
             },

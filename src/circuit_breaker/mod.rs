@@ -51,7 +51,10 @@
 //! - **Open**: calls fail at once with [`CircuitOpen`], whose
 //!   [`retry_after`](CircuitOpen::retry_after) says when probing starts. The open period is
 //!   fixed or grows exponentially over consecutive trips, shortened by random jitter so a
-//!   fleet of clients does not probe in lockstep.
+//!   fleet of clients does not probe in lockstep. If a failed call's dependency said when to
+//!   come back ([`Classify::retry_after`], such as an HTTP `Retry-After`), the open period
+//!   lasts at least until then, up to
+//!   [`max_retry_after`](CircuitBreakerLayerBuilder::max_retry_after).
 //! - **Half-open**: exactly [`half_open_probes`](CircuitBreakerLayerBuilder::half_open_probes)
 //!   calls are let through, never more, under any interleaving. A probe that is cancelled,
 //!   panics or is classified as ignored gives its slot back. The breaker closes once enough

@@ -46,6 +46,8 @@ pub(crate) struct Timing {
     /// Fraction of the open duration removed at random, in [0, 1).
     pub(crate) jitter: f64,
     pub(crate) half_open_max_wait: Duration,
+    /// The longest a dependency's "retry after" may extend an open period.
+    pub(crate) max_retry_after: Duration,
     /// Calls that take this long or longer are slow (see `slow_calls` on the builder).
     pub(crate) slow_threshold: Option<Duration>,
     /// For a time window: the time one bucket covers.
@@ -66,6 +68,9 @@ pub(crate) struct Shared {
     origin: Instant,
     /// When the current open period ends (nanoseconds since `origin`).
     open_until: AtomicU64,
+    /// The latest time a failed call's dependency asked to be left alone until (nanoseconds
+    /// since `origin`; 0 for never): an open period lasts at least until then.
+    asked_until: AtomicU64,
     /// When the current phase began (nanoseconds since `origin`).
     phase_since: AtomicU64,
     /// Trips since the breaker last closed, for exponential open durations.
@@ -116,6 +121,7 @@ impl Shared {
             listener,
             origin: clock::now(),
             open_until: AtomicU64::new(0),
+            asked_until: AtomicU64::new(0),
             phase_since: AtomicU64::new(0),
             consecutive_trips: AtomicU64::new(0),
             jitter_seed: AtomicU64::new(seed),
@@ -199,6 +205,21 @@ impl Shared {
         }
     }
 
+    /// A failed call's dependency asked to be left alone for `hint` (capped by
+    /// `max_retry_after`): the next open period lasts at least that long. Called before the
+    /// failure is recorded, so the failure that trips the breaker counts its own hint. Only
+    /// on failures that carry a hint, so the clock read is off every success path.
+    pub(crate) fn asked_to_wait(&self, hint: Duration) {
+        let hint = hint.min(self.timing.max_retry_after);
+        if hint.is_zero() {
+            return;
+        }
+        let until = self.nanos_at(clock::now() + hint);
+        // Relaxed: a hint racing a trip on another thread may miss that open period; the
+        // failure that trips the breaker stored its own hint before, on its own thread.
+        self.asked_until.fetch_max(until, Ordering::Relaxed);
+    }
+
     /// For a breaker open with no timer: if the open period is over, start probing.
     /// Returns whether the state moved.
     pub(crate) fn end_untimed_open(self: &Arc<Self>, generation: u32) -> bool {
@@ -222,7 +243,9 @@ impl Shared {
         match transition.to {
             Phase::Open => {
                 let trips = self.consecutive_trips.fetch_add(1, Ordering::Relaxed) + 1;
-                let until = now + self.open_duration(trips);
+                // At least as long as the dependency asked (a hint already past is no limit).
+                let asked = self.instant_at(self.asked_until.load(Ordering::Relaxed));
+                let until = (now + self.open_duration(trips)).max(asked);
                 self.open_until
                     .store(self.nanos_at(until), Ordering::Release);
                 self.arm_open_timer(transition.generation, until);

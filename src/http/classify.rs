@@ -2,9 +2,11 @@
 
 use std::fmt;
 use std::ops::RangeInclusive;
+use std::time::{Duration, SystemTime};
 
 use http::{Response, StatusCode};
 
+use super::retry_after::retry_after_with;
 use crate::circuit_breaker::{Classify, Outcome};
 use crate::error::ConfigError;
 
@@ -142,6 +144,17 @@ impl<B, E> Classify<Response<B>, E> for StatusClassifier {
         match result {
             Ok(response) => self.outcome(response.status()),
             Err(_) => Outcome::Failure,
+        }
+    }
+
+    /// A failed response's `Retry-After` (read as [`retry_after`](super::retry_after) does,
+    /// against the system's wall clock for a date): the breaker then stays open at least that
+    /// long once it trips, up to its `max_retry_after`. A server that says "come back in
+    /// 30 s" is not probed after 5.
+    fn retry_after(&self, result: &Result<Response<B>, E>) -> Option<Duration> {
+        match result {
+            Ok(response) => retry_after_with(response.headers(), SystemTime::now),
+            Err(_) => None,
         }
     }
 }

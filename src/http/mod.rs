@@ -48,7 +48,7 @@
 //!
 //! | part | for | what it decides |
 //! | --- | --- | --- |
-//! | [`StatusClassifier`] | circuit breaker ([`classifier`](crate::circuit_breaker::CircuitBreakerLayerBuilder::classifier)) | 5xx, 408, 429 and transport errors fail; other 4xx are ignored |
+//! | [`StatusClassifier`] | circuit breaker ([`classifier`](crate::circuit_breaker::CircuitBreakerLayerBuilder::classifier)) | 5xx, 408, 429 and transport errors fail; other 4xx are ignored; a failure's `Retry-After` keeps an opened breaker open at least that long |
 //! | [`HttpRetryPolicy`] | retry ([`policy`](crate::retry::RetryLayerBuilder::policy)) | the same failures are retried, after the server's `Retry-After` if it sent one |
 //! | [`IdempotentRequests`] | retry ([`clone_requests_with`](crate::retry::RetryLayerBuilder::clone_requests_with)) | only idempotent requests are sent twice |
 //! | [`PropagateDeadlineLayer`] | client, below the deadline | writes the time left into `grpc-timeout` |

@@ -1,6 +1,7 @@
 //! [`SlaLayer`]: the four layers an [`Sla`](super::Sla) derives, composed in order.
 
 use std::fmt;
+use std::time::Duration;
 
 use tower::Layer;
 
@@ -67,6 +68,10 @@ where
             Err(err) if ErrorKind::of(&**err) == ErrorKind::Overloaded => Outcome::Ignored,
             _ => self.inner.classify(result),
         }
+    }
+
+    fn retry_after(&self, result: &Result<Response, BoxError>) -> Option<Duration> {
+        self.inner.retry_after(result)
     }
 }
 
