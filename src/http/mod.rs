@@ -140,7 +140,8 @@
 //!
 //! Headers come from the network, so every parser here is total: a `Retry-After` or
 //! `grpc-timeout` that is malformed, negative, out of range or repeated is ignored, as if it
-//! were absent, and never panics. The parsers are property-tested on arbitrary bytes.
+//! were absent, and never panics. The parsers are property-tested on arbitrary bytes, and
+//! fuzzed (`fuzz/` in the repository).
 
 mod classify;
 mod deadline_header;
