@@ -798,3 +798,180 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The breaker and a server's Retry-After, and status mapping through wrappers (found in
+// review).
+mod retry_after_and_the_breaker {
+    use super::*;
+    use tower::Service;
+    use tower_firebreak::http::error_status;
+    use tower_firebreak::retry::RetryBudget;
+    use tower_firebreak::timeout::TimeoutLayer;
+
+    fn reply(code: u16, retry_after: Option<&'static str>) -> Response<()> {
+        let mut b = Response::builder().status(code);
+        if let Some(v) = retry_after {
+            b = b.header(RETRY_AFTER, v);
+        }
+        b.body(()).unwrap()
+    }
+
+    /// A 503 + `Retry-After: 30` that lands just after another failure tripped the breaker
+    /// still counts: the breaker does not probe after its 1 s open duration.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_arriving_after_the_trip_still_lengthens_the_open_period() {
+        let breaker = CircuitBreakerLayer::builder()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .jitter(0.0)
+            .classifier(StatusClassifier::default())
+            .build()
+            .unwrap();
+        let handle = breaker.handle();
+        let upstream = tower::service_fn(|slow: bool| async move {
+            if slow {
+                tokio::time::sleep(10 * MS).await;
+                Ok::<_, BoxError>(reply(503, Some("30")))
+            } else {
+                Ok(reply(500, None))
+            }
+        });
+        let mut svc = breaker.layer(upstream);
+        // Admitted while closed, answers 10 ms later.
+        let slow = svc.ready().await.unwrap().call(true);
+        svc.clone().oneshot(false).await.unwrap(); // trips now
+        assert_eq!(handle.state(), BreakerState::Open);
+        let r = slow.await.unwrap(); // "come back in 30 s"
+        assert_eq!(r.status(), 503);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            handle.state(),
+            BreakerState::Open,
+            "server said 30 s; breaker state after 1.1 s"
+        );
+    }
+
+    /// `Handle::reset` leaves no trip history: a Retry-After seen before the reset does not
+    /// stretch the next trip.
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_forgets_an_earlier_retry_after() {
+        let breaker = CircuitBreakerLayer::builder()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .jitter(0.0)
+            .classifier(StatusClassifier::default())
+            .build()
+            .unwrap();
+        let handle = breaker.handle();
+        let upstream = tower::service_fn(|hint: bool| async move {
+            Ok::<_, BoxError>(if hint {
+                reply(503, Some("30"))
+            } else {
+                reply(500, None)
+            })
+        });
+        let svc = breaker.layer(upstream);
+        svc.clone().oneshot(true).await.unwrap();
+        assert_eq!(handle.state(), BreakerState::Open);
+        handle.reset();
+        assert_eq!(handle.state(), BreakerState::Closed);
+        svc.clone().oneshot(false).await.unwrap(); // a fresh trip, no hint
+        let left = handle.metrics().retry_after.unwrap();
+        assert!(
+            left <= Duration::from_secs(1),
+            "open for {left:?} after a hint-less trip"
+        );
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(BoxError);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    /// A budget exhausted after a timeout is 504, bare or wrapped (as `tower::buffer` wraps
+    /// errors).
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_budget_after_a_timeout_is_504_even_wrapped() {
+        let budget = RetryBudget::builder()
+            .ratio(0.001)
+            .min_per_second(0)
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(RetryLayer::builder().budget(budget).build().unwrap())
+            .layer(TimeoutLayer::new(Duration::from_millis(10)).unwrap())
+            .service(tower::service_fn(|_: ()| {
+                std::future::pending::<Result<(), BoxError>>()
+            }));
+        let err = svc.oneshot(()).await.unwrap_err();
+        assert_eq!(ErrorKind::of(&*err), ErrorKind::RetryBudgetExhausted);
+        assert_eq!(error_status(&*err), StatusCode::GATEWAY_TIMEOUT);
+        let wrapped = Wrapped(err);
+        assert_eq!(
+            error_status(&wrapped),
+            StatusCode::GATEWAY_TIMEOUT,
+            "wrapped"
+        );
+    }
+
+    /// `HttpRetryPolicy` waits exactly the `Retry-After`, and the breaker the same 503 tripped
+    /// is open exactly that long: the retry must reach the dependency, not meet the breaker
+    /// still open because its timer has not run yet.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_the_servers_retry_after_is_not_refused_by_the_breaker_it_opened() {
+        let breaker = CircuitBreakerLayer::builder()
+            .consecutive_failures(1)
+            .open_duration(Duration::from_secs(1))
+            .jitter(0.0)
+            .classifier(StatusClassifier::default())
+            .build()
+            .unwrap();
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = Arc::clone(&calls);
+        let upstream = tower::service_fn(move |_: Request<String>| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let r = if n == 0 {
+                    Response::builder()
+                        .status(503)
+                        .header(RETRY_AFTER, "2")
+                        .body(())
+                        .unwrap()
+                } else {
+                    Response::builder().status(200).body(()).unwrap()
+                };
+                Ok::<_, BoxError>(r)
+            }
+        });
+        let svc = ServiceBuilder::new()
+            .layer(
+                RetryLayer::builder()
+                    .policy(HttpRetryPolicy::default())
+                    .clone_requests_with(IdempotentRequests::default())
+                    .build()
+                    .unwrap(),
+            )
+            .layer(breaker)
+            .service(upstream);
+        let result = svc
+            .oneshot(Request::get("/").body(String::new()).unwrap())
+            .await;
+        match result {
+            Ok(r) => assert_eq!(r.status(), 200),
+            Err(e) => panic!(
+                "retry after Retry-After got {e} ({:?}); upstream calls {}",
+                ErrorKind::of(&*e),
+                calls.load(Ordering::SeqCst)
+            ),
+        }
+    }
+}

@@ -781,3 +781,110 @@ fn every_invalid_throttle_setting_is_a_config_error() {
         assert!(matches!(err, ConfigError::OutOfRange { .. }), "{err}");
     }
 }
+
+/// A wait that timed out leaves a rejection for the next `call`, but only while the overload
+/// lasts: polled again once the limit has room, the clone is served.
+#[tokio::test(start_paused = true)]
+async fn a_rejection_verdict_does_not_outlive_the_overload() {
+    let calls = Arc::default();
+    let shed = queued(1, 1, Duration::from_millis(10), QueueOrder::Fifo);
+    let mut svc = shed.layer(recording(&calls));
+    let (finish, done) = oneshot::channel();
+    let first = svc.ready().await.unwrap().call((0, done));
+    let mut late = svc.clone();
+    // Waits in the queue, then times out: ready, with a rejection pending.
+    late.ready().await.unwrap();
+    // The overload ends.
+    finish.send(()).unwrap();
+    first.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!((shed.in_flight(), shed.queued()), (0, 0));
+    // An hour later, with nothing in flight, the same clone is served.
+    let (finish, done) = oneshot::channel();
+    finish.send(()).unwrap();
+    let result = late.ready().await.unwrap().call((1, done)).await;
+    assert!(
+        result.is_ok(),
+        "rejected although 0 of 1 slots are in flight: {result:?}"
+    );
+}
+
+/// A waiter whose `ready()` future is dropped (an outer timeout) while its service is kept
+/// does not keep its place past `max_wait`: the next caller to queue removes it.
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_waiter_leaves_the_queue_at_its_deadline() {
+    let calls = Arc::default();
+    let shed = queued(1, 1, Duration::from_millis(50), QueueOrder::Fifo);
+    let mut svc = shed.layer(recording(&calls));
+    let (finish, done) = oneshot::channel();
+    let first = svc.ready().await.unwrap().call((0, done));
+    let mut kept = svc.clone();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), kept.ready())
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(shed.queued(), 1, "nobody has looked yet");
+    // Another caller queues: the overdue entry goes, and this one takes the place.
+    let mut next = svc.clone();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), next.ready())
+            .await
+            .is_err()
+    );
+    assert_eq!(shed.queued(), 1, "only the new waiter");
+    let _ = (finish, first, kept);
+}
+
+/// Same, when a slot frees up after the abandoned waiter's deadline: it is not handed to the
+/// idle clone, so a live caller gets it.
+#[tokio::test(start_paused = true)]
+async fn a_slot_freed_after_an_abandoned_waiters_deadline_goes_to_a_live_caller() {
+    let calls = Arc::default();
+    let shed = queued(1, 1, Duration::from_millis(50), QueueOrder::Fifo);
+    let mut svc = shed.layer(recording(&calls));
+    let (finish, done) = oneshot::channel();
+    let first = svc.ready().await.unwrap().call((0, done));
+    let mut kept = svc.clone();
+    let _ = tokio::time::timeout(Duration::from_millis(10), kept.ready()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    finish.send(()).unwrap();
+    first.await.unwrap();
+    // The idle clone's deadline passed long ago: the slot is free for this caller.
+    let (now, done) = oneshot::channel();
+    now.send(()).unwrap();
+    let result = svc.clone().oneshot((1, done)).await;
+    assert!(
+        result.is_ok(),
+        "shed with in_flight={} (the slot went to the idle clone): {result:?}",
+        shed.in_flight()
+    );
+    drop(kept);
+}
+
+/// A queue rejection reports the limit the wait failed against, not the one at `call` time.
+#[tokio::test(start_paused = true)]
+async fn a_queue_rejection_reports_the_limit_it_waited_against() {
+    let shed = LoadShedLayer::builder()
+        .limit(Aimd::default().initial(4).backoff_ratio(0.5))
+        .sample_window(Duration::from_millis(1), 1)
+        .queue(1, Duration::from_millis(5), QueueOrder::Fifo)
+        .build()
+        .unwrap();
+    let mut svc = shed.layer(hanging_behind_a_timeout(Duration::from_millis(10)));
+    let calls: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(svc.clone().oneshot(())))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!((shed.in_flight(), shed.limit()), (4, 4));
+    // Waits 5 ms against a full limit of 4, then gives up: the next call is rejected.
+    svc.ready().await.unwrap();
+    for call in calls {
+        call.await.unwrap().unwrap_err();
+    }
+    assert_eq!((shed.in_flight(), shed.limit()), (0, 2));
+    let err = svc.call(()).await.unwrap_err();
+    let overloaded = err.downcast_ref::<Overloaded>().unwrap();
+    assert_eq!(overloaded.limit(), 4, "{overloaded}");
+}

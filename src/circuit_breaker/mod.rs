@@ -286,6 +286,10 @@ where
                     phase: Phase::OpenUntimed,
                     generation,
                 } if shared.end_untimed_open(generation) => continue,
+                Admission::Rejected {
+                    phase: Phase::Open,
+                    generation,
+                } if shared.end_hinted_open(generation) => continue,
                 Admission::Rejected { phase, .. } => {
                     return ResponseFuture::rejected(shared.rejection(phase));
                 }

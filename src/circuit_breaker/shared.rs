@@ -16,13 +16,13 @@ use tokio::sync::Notify;
 use super::error::{CircuitOpen, Reason};
 use super::handle::{State, StateTransition, TransitionReason};
 use super::layer::Outcome;
-use super::state::{Phase, StateMachine, Transition};
+use super::state::{Phase, StateMachine, Transition, next_generation};
 use super::window::Window;
 use crate::clock::{self, Instant};
 #[cfg(feature = "metrics")]
 use crate::observe::metrics::BreakerMetrics;
 use crate::observe::{Event, Observer};
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use crate::ticker::{Epochs, Ticker};
 
 /// How long the breaker stays open after a trip.
@@ -71,6 +71,11 @@ pub(crate) struct Shared {
     /// The latest time a failed call's dependency asked to be left alone until (nanoseconds
     /// since `origin`; 0 for never): an open period lasts at least until then.
     asked_until: AtomicU64,
+    /// Whether the current open period ends at a dependency's hint rather than at the open
+    /// duration: a caller told to come back then (an HTTP retry honouring `Retry-After`)
+    /// arrives at that very instant, so admission checks the clock rather than let it race
+    /// the timer (see `end_hinted_open`).
+    open_ends_at_hint: AtomicBool,
     /// When the current phase began (nanoseconds since `origin`).
     phase_since: AtomicU64,
     /// Trips since the breaker last closed, for exponential open durations.
@@ -122,6 +127,7 @@ impl Shared {
             origin: clock::now(),
             open_until: AtomicU64::new(0),
             asked_until: AtomicU64::new(0),
+            open_ends_at_hint: AtomicBool::new(false),
             phase_since: AtomicU64::new(0),
             consecutive_trips: AtomicU64::new(0),
             jitter_seed: AtomicU64::new(seed),
@@ -218,6 +224,31 @@ impl Shared {
         // Relaxed: a hint racing a trip on another thread may miss that open period; the
         // failure that trips the breaker stored its own hint before, on its own thread.
         self.asked_until.fetch_max(until, Ordering::Relaxed);
+        // Already open (a call admitted before the trip failing late, with a longer hint):
+        // lengthen the open period; its timer waits for the new end.
+        if matches!(
+            self.state.snapshot().phase,
+            Phase::Open | Phase::OpenUntimed
+        ) && self.open_until.fetch_max(until, Ordering::AcqRel) < until
+        {
+            self.open_ends_at_hint.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// For an open period that ends at a dependency's hint: if it is over, start probing
+    /// now rather than wait for the timer. Returns whether the state moved (then admission
+    /// tries again). One clock read, only on rejections during such a period.
+    pub(crate) fn end_hinted_open(self: &Arc<Self>, generation: u32) -> bool {
+        if !self.open_ends_at_hint.load(Ordering::Relaxed) || clock::now() < self.open_until() {
+            return false;
+        }
+        match self.state.open_elapsed(generation) {
+            Some(transition) => {
+                self.after(transition, TransitionReason::OpenElapsed);
+                true
+            }
+            None => true, // someone else moved it
+        }
     }
 
     /// For a breaker open with no timer: if the open period is over, start probing.
@@ -245,17 +276,23 @@ impl Shared {
                 let trips = self.consecutive_trips.fetch_add(1, Ordering::Relaxed) + 1;
                 // At least as long as the dependency asked (a hint already past is no limit).
                 let asked = self.instant_at(self.asked_until.load(Ordering::Relaxed));
-                let until = (now + self.open_duration(trips)).max(asked);
+                let planned = now + self.open_duration(trips);
+                let until = planned.max(asked);
+                self.open_ends_at_hint
+                    .store(asked > planned, Ordering::Relaxed);
                 self.open_until
                     .store(self.nanos_at(until), Ordering::Release);
                 self.arm_open_timer(transition.generation, until);
             }
             Phase::Closed => {
                 self.window.start_cycle(transition.generation);
-                // A clean close (probes succeeded, or a reset) starts the backoff over.
+                // A clean close (probes succeeded, or a reset) starts the backoff over, and
+                // forgets what the dependency asked before it.
                 self.consecutive_trips.store(0, Ordering::Relaxed);
+                self.asked_until.store(0, Ordering::Relaxed);
             }
-            Phase::HalfOpen | Phase::ForcedOpen | Phase::Disabled | Phase::OpenUntimed => {}
+            Phase::Disabled => self.asked_until.store(0, Ordering::Relaxed),
+            Phase::HalfOpen | Phase::ForcedOpen | Phase::OpenUntimed => {}
         }
         if self.backpressure
             && matches!(
@@ -391,6 +428,18 @@ fn open_timer(
     async move {
         let mut fallback = fallback;
         tokio::time::sleep_until(until).await;
+        // A late hint may have lengthened the period: wait for its end.
+        loop {
+            let Some(breaker) = shared.upgrade() else {
+                return;
+            };
+            let end = breaker.open_until();
+            drop(breaker);
+            if clock::now() >= end {
+                break;
+            }
+            tokio::time::sleep_until(end).await;
+        }
         fallback.armed = false;
         watch_half_open(shared, generation, half_open_max_wait).await;
     }
@@ -401,11 +450,21 @@ async fn watch_half_open(shared: Weak<Shared>, generation: u32, half_open_max_wa
         let Some(breaker) = shared.upgrade() else {
             return;
         };
-        let Some(transition) = breaker.state.open_elapsed(generation) else {
-            return; // forced, reset, or ended by the clock check meanwhile
-        };
-        breaker.after(transition, TransitionReason::OpenElapsed);
-        transition.generation
+        match breaker.state.open_elapsed(generation) {
+            Some(transition) => {
+                breaker.after(transition, TransitionReason::OpenElapsed);
+                transition.generation
+            }
+            None => {
+                // Ended by admission's clock check (`end_hinted_open`): the half-open cycle
+                // it started still wants its watch. Forced, reset or anything else: done.
+                let now = breaker.state.snapshot();
+                if now.phase != Phase::HalfOpen || now.generation != next_generation(generation) {
+                    return;
+                }
+                now.generation
+            }
+        }
     };
 
     // "No probe finished for too long" is checked every `half_open_max_wait` while this

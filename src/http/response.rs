@@ -29,12 +29,26 @@ pub fn error_status(err: &(dyn Error + 'static)) -> StatusCode {
     match ErrorKind::of(err) {
         ErrorKind::CircuitOpen | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::TimedOut | ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        ErrorKind::RetryBudgetExhausted => match err.source().map(ErrorKind::of) {
+        ErrorKind::RetryBudgetExhausted => match last_attempt_error(err).map(ErrorKind::of) {
             Some(ErrorKind::TimedOut | ErrorKind::DeadlineExceeded) => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         },
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
+}
+
+/// The last attempt's error inside the [`BudgetExhausted`](crate::retry::BudgetExhausted) in
+/// `err`'s source chain (found as [`ErrorKind::of`] finds it, through wrappers such as
+/// `tower::buffer`'s).
+fn last_attempt_error<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a (dyn Error + 'static)> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(exhausted) = e.downcast_ref::<crate::retry::BudgetExhausted>() {
+            return exhausted.source();
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// The `Retry-After` of a 503 whose error carries no hint (a half-open breaker whose probe

@@ -37,7 +37,7 @@ impl fmt::Display for Overloaded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "overloaded: {} calls already in flight; try again in {:?}",
+            "overloaded: concurrency limit of {} reached; try again in {:?}",
             self.limit, self.retry_after
         )
     }

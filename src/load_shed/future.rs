@@ -43,14 +43,15 @@ impl Permit {
             Err(err) => is_drop(err),
         };
         let end_ns = since_origin(&self.local);
-        let moved = self.local.limiter.record(Sample {
-            rtt_ns: end_ns.saturating_sub(started_ns),
-            end_ns,
-            dropped,
-        });
-        if let Some((previous, limit)) = moved {
-            self.local.observer.limit_changed(previous, limit);
-        }
+        let observer = &self.local.observer;
+        self.local.limiter.record(
+            Sample {
+                rtt_ns: end_ns.saturating_sub(started_ns),
+                end_ns,
+                dropped,
+            },
+            |previous, limit| observer.limit_changed(previous, limit),
+        );
     }
 }
 

@@ -308,7 +308,7 @@ where
         if local.queue.is_some() {
             match self.waiting.take() {
                 Ready::Slot(permit) => return self.admit(permit, request),
-                Ready::Reject => return self.reject(self.local.limiter.limit()),
+                Ready::Reject(limit) => return self.reject(limit),
                 Ready::Undecided => {}
             }
         }

@@ -2,9 +2,21 @@
 //! a slot that a finishing call hands to them, first-in-first-out or last-in-first-out.
 //!
 //! Not the hot path: the list of waiters is behind a lock, which is taken only when a caller
-//! must wait, when a waiter changes its waker, gives up or is served, and when a slot is freed
-//! *while someone waits*. The count of waiters is an atomic that a finishing call reads first,
-//! so with nobody waiting, freeing a slot takes no lock.
+//! must wait, when a waiting clone is polled again, gives up or is served, and when a slot is
+//! freed *while someone waits*. The count of waiters is an atomic that a finishing call reads
+//! first, so with nobody waiting, freeing a slot takes no lock. The list is ordered by arrival
+//! (ids are given under the lock, in order, and every re-insertion keeps the order), so a
+//! waiter finds its entry by binary search, and the entries past their `max_wait` are always
+//! at its front.
+//!
+//! # `max_wait` holds without polling
+//!
+//! Each entry carries its deadline. Whoever takes the lock to join the queue or to hand over
+//! a slot first removes the entries whose deadline has passed and wakes them: a waiter whose
+//! caller stopped polling (it dropped the `ready()` future but kept the service) does not
+//! keep its place, or take a slot freed after its deadline. A slot handed over *before* the
+//! deadline is the clone's, as a slot `poll_ready` reserved always is, until it calls or is
+//! dropped.
 //!
 //! # No lost wake-up
 //!
@@ -19,7 +31,25 @@ use std::task::Waker;
 use std::time::Duration;
 
 use super::limit::Limiter;
-use crate::sync::{AtomicBool, AtomicU64, Mutex, Ordering, fence};
+use crate::clock::Instant;
+use crate::sync::{AtomicU64, Mutex, Ordering, fence};
+
+/// Now, for deadlines. Under loom, the plain monotonic clock: the models never reach a
+/// deadline, and tokio's clock is not meant to run inside them.
+#[cfg(not(loom))]
+fn now() -> Instant {
+    crate::clock::now()
+}
+
+#[cfg(loom)]
+fn now() -> Instant {
+    Instant::from_std(std::time::Instant::now())
+}
+
+/// A ticket's states: still in the list, served with a slot, or removed at its deadline.
+const WAITING: u64 = 0;
+const GRANTED: u64 = 1;
+const EXPIRED: u64 = 2;
 
 /// Which waiter a freed slot goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,22 +78,30 @@ pub(crate) struct WaitQueue {
 #[derive(Debug)]
 struct Entry {
     id: u64,
+    deadline: Instant,
     waker: Waker,
-    granted: Arc<AtomicBool>,
+    state: Arc<AtomicU64>,
 }
 
 /// A place in the queue.
 #[derive(Debug)]
 pub(crate) struct Ticket {
     id: u64,
-    /// Set, under the lock, by the finishing call that took a slot on this waiter's behalf.
-    granted: Arc<AtomicBool>,
+    /// When the wait ends without a slot.
+    pub(crate) deadline: Instant,
+    /// `WAITING`, then, under the lock, `GRANTED` by the finishing call that took a slot on
+    /// this waiter's behalf or `EXPIRED` by whoever removed it at its deadline.
+    state: Arc<AtomicU64>,
 }
 
 impl Ticket {
     pub(crate) fn granted(&self) -> bool {
         // Acquire: pairs with the Release that granted it.
-        self.granted.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) == GRANTED
+    }
+
+    pub(crate) fn expired(&self) -> bool {
+        self.state.load(Ordering::Acquire) == EXPIRED
     }
 }
 
@@ -107,11 +145,33 @@ impl WaitQueue {
         self.list.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Joins the queue, woken through `waker` when served, unless it is full or a slot is
-    /// free after all.
+    /// Removes the entries whose deadline is at or before `now` (all at the front: see the
+    /// module docs), marking them expired; returns their wakers, to wake outside the lock.
+    fn expire_overdue(&self, list: &mut VecDeque<Entry>, now: Instant) -> Vec<Waker> {
+        let mut expired = Vec::new();
+        while list.front().is_some_and(|entry| entry.deadline <= now) {
+            let entry = list.pop_front().expect("checked");
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            entry.state.store(EXPIRED, Ordering::Release);
+            expired.push(entry.waker);
+        }
+        expired
+    }
+
+    /// The index of `ticket`'s entry, if it is still in the list.
+    fn position(list: &VecDeque<Entry>, ticket: &Ticket) -> Option<usize> {
+        list.binary_search_by_key(&ticket.id, |entry| entry.id).ok()
+    }
+
+    /// Joins the queue, woken through `waker` when served or at its deadline, unless it is
+    /// full or a slot is free after all.
     pub(crate) fn enqueue(&self, limiter: &Limiter, waker: &Waker) -> Enqueued {
+        let now = now();
         let mut list = self.lock();
+        let expired = self.expire_overdue(&mut list, now);
         if list.len() >= self.capacity {
+            drop(list);
+            expired.into_iter().for_each(Waker::wake);
             return Enqueued::Full;
         }
         self.waiters.fetch_add(1, Ordering::SeqCst);
@@ -122,18 +182,24 @@ impl WaitQueue {
             fence(Ordering::SeqCst);
             if let Ok(in_flight) = limiter.try_acquire() {
                 self.waiters.fetch_sub(1, Ordering::SeqCst);
+                drop(list);
+                expired.into_iter().for_each(Waker::wake);
                 return Enqueued::Granted(in_flight);
             }
         }
         let ticket = Ticket {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            granted: Arc::new(AtomicBool::new(false)),
+            deadline: now + self.max_wait,
+            state: Arc::new(AtomicU64::new(WAITING)),
         };
         list.push_back(Entry {
             id: ticket.id,
+            deadline: ticket.deadline,
             waker: waker.clone(),
-            granted: Arc::clone(&ticket.granted),
+            state: Arc::clone(&ticket.state),
         });
+        drop(list);
+        expired.into_iter().for_each(Waker::wake);
         Enqueued::Waiting(ticket)
     }
 
@@ -149,6 +215,12 @@ impl WaitQueue {
 
     #[cold]
     fn hand_over(&self, limiter: &Limiter) {
+        // Waiters past their deadline go first, so the slot goes to one still waiting.
+        let expired = {
+            let mut list = self.lock();
+            self.expire_overdue(&mut list, now())
+        };
+        expired.into_iter().for_each(Waker::wake);
         loop {
             let waker = {
                 let mut list = self.lock();
@@ -167,7 +239,7 @@ impl WaitQueue {
                     return;
                 }
                 self.waiters.fetch_sub(1, Ordering::SeqCst);
-                entry.granted.store(true, Ordering::Release);
+                entry.state.store(GRANTED, Ordering::Release);
                 entry.waker
             };
             // Woken outside the lock.
@@ -178,18 +250,18 @@ impl WaitQueue {
     /// Replaces the waker of `ticket`'s entry, if it is still waiting.
     pub(crate) fn update_waker(&self, ticket: &Ticket, waker: &Waker) {
         let mut list = self.lock();
-        if let Some(entry) = list.iter_mut().find(|entry| entry.id == ticket.id)
-            && !entry.waker.will_wake(waker)
+        if let Some(index) = Self::position(&list, ticket)
+            && !list[index].waker.will_wake(waker)
         {
-            entry.waker = waker.clone();
+            list[index].waker = waker.clone();
         }
     }
 
-    /// Leaves the queue. `false` if `ticket` was already served: its slot is then the
-    /// caller's to use or give back.
+    /// Leaves the queue. `false` if `ticket` was already served (its slot is then the
+    /// caller's to use or give back) or removed at its deadline.
     pub(crate) fn cancel(&self, ticket: &Ticket) -> bool {
         let mut list = self.lock();
-        match list.iter().position(|entry| entry.id == ticket.id) {
+        match Self::position(&list, ticket) {
             Some(index) => {
                 list.remove(index);
                 self.waiters.fetch_sub(1, Ordering::SeqCst);

@@ -20,8 +20,9 @@ pub(crate) struct Waiting {
     /// A place in the queue.
     wait: Option<Wait>,
     /// The wait ended without a slot (queue full, or `max_wait` passed): the next `call`
-    /// is rejected.
-    reject: bool,
+    /// is rejected, reporting this limit (the one the wait failed against), unless a slot is
+    /// free when `poll_ready` is called again.
+    reject: Option<u64>,
 }
 
 /// A place in the queue, left on drop: a clone dropped while waiting (its caller gave up)
@@ -43,6 +44,9 @@ impl Wait {
         let ticket = self.ticket.take_if(|ticket| ticket.granted())?;
         drop(ticket);
         // The finishing call took the slot on this waiter's behalf.
+        if self.local.adaptive {
+            self.local.limiter.admitted(self.local.limiter.in_flight());
+        }
         Some(Permit::new(Arc::clone(&self.local)))
     }
 }
@@ -51,8 +55,10 @@ impl Drop for Wait {
     fn drop(&mut self) {
         if let Some(ticket) = &self.ticket
             && !self.queue().cancel(ticket)
+            && ticket.granted()
         {
-            // Served just before leaving: give the slot back (to the next waiter).
+            // Served just before leaving: give the slot back (to the next waiter). Not in the
+            // list and not granted means removed at its deadline: no slot to give back.
             drop(Permit::new(Arc::clone(&self.local)));
         }
     }
@@ -63,8 +69,8 @@ impl Drop for Wait {
 pub(crate) enum Ready {
     /// Use this slot.
     Slot(Permit),
-    /// Reject.
-    Reject,
+    /// Reject, reporting this limit.
+    Reject(u64),
     /// `poll_ready` did not reserve anything: decide now, without waiting.
     Undecided,
 }
@@ -73,10 +79,22 @@ impl Waiting {
     /// Reserves a slot, waiting for one in the queue if the limit is full: `Ready` once a
     /// slot is reserved or the wait is over without one (the next `call` is then rejected).
     pub(crate) fn poll_slot(&mut self, local: &Arc<Local>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.reserved.is_some() || self.reject {
+        if self.reserved.is_some() {
             return Poll::Ready(());
         }
         let queue = local.queue.as_deref().expect("waiting needs a queue");
+        if self.reject.is_some() {
+            // A verdict from an earlier overload is only good while it lasts: with a slot
+            // free now (and nobody ahead), serve instead. Not queued again: a caller that
+            // polls again while the inner service is not ready must get an answer.
+            if !queue.has_waiters()
+                && let Ok(in_flight) = local.limiter.try_acquire()
+            {
+                self.reject = None;
+                self.reserve(local, in_flight);
+            }
+            return Poll::Ready(());
+        }
         loop {
             if let Some(wait) = &mut self.wait {
                 if let Some(permit) = wait.take_slot() {
@@ -84,15 +102,23 @@ impl Waiting {
                     self.reserved = Some(permit);
                     return Poll::Ready(());
                 }
+                let ticket = wait.ticket.as_ref().expect("still waiting");
+                if ticket.expired() {
+                    // Removed at its deadline by another caller, which woke this one.
+                    wait.ticket = None;
+                    self.wait = None;
+                    self.reject = Some(local.limiter.limit());
+                    return Poll::Ready(());
+                }
                 if wait.deadline.as_mut().poll(cx).is_ready() {
                     let ticket = wait.ticket.as_ref().expect("still waiting");
                     if queue.cancel(ticket) {
                         wait.ticket = None;
                         self.wait = None;
-                        self.reject = true;
+                        self.reject = Some(local.limiter.limit());
                         return Poll::Ready(());
                     }
-                    // Served meanwhile: the next turn takes the slot.
+                    // Served or expired meanwhile: the next turn says which.
                     continue;
                 }
                 let ticket = wait.ticket.as_ref().expect("still waiting");
@@ -112,7 +138,7 @@ impl Waiting {
             }
             match queue.enqueue(&local.limiter, cx.waker()) {
                 Enqueued::Full => {
-                    self.reject = true;
+                    self.reject = Some(local.limiter.limit());
                     return Poll::Ready(());
                 }
                 Enqueued::Granted(in_flight) => {
@@ -121,8 +147,8 @@ impl Waiting {
                 }
                 Enqueued::Waiting(ticket) => {
                     self.wait = Some(Wait {
+                        deadline: Box::pin(tokio::time::sleep_until(ticket.deadline)),
                         ticket: Some(ticket),
-                        deadline: Box::pin(tokio::time::sleep(queue.max_wait)),
                         local: Arc::clone(local),
                     });
                 }
@@ -141,8 +167,8 @@ impl Waiting {
     pub(crate) fn take(&mut self) -> Ready {
         if let Some(permit) = self.reserved.take() {
             Ready::Slot(permit)
-        } else if std::mem::take(&mut self.reject) {
-            Ready::Reject
+        } else if let Some(limit) = self.reject.take() {
+            Ready::Reject(limit)
         } else {
             Ready::Undecided
         }

@@ -711,10 +711,14 @@ impl SlaBuilder {
 /// dependency failing half its calls, and very rare (1 in 10⁹) from one within its error
 /// budget.
 fn trip_after_failures(error_budget: f64) -> u32 {
-    let run = |rate: f64, odds: f64| (odds.ln() / rate.ln()).ceil();
+    // A failure rate that rounds to 1 (an availability below about 1e-16) has `ln` 0 and no
+    // run long enough: infinite, then capped, not the -inf the division gives.
+    let run = |rate: f64, odds: f64| {
+        let run = (odds.ln() / rate.ln()).ceil();
+        if run.is_finite() { run } else { f64::INFINITY }
+    };
     let failures = run(DOWN_RATE, DEGRADED_TRIP_ODDS).max(run(error_budget, NOISE_TRIP_ODDS));
-    // `error_budget` is in (0, 1), so the run is finite and positive; a budget close to 1 is
-    // capped.
+    // A budget close to 1 asks for a long run: capped.
     failures.clamp(1.0, f64::from(MAX_TRIP_FAILURES)) as u32
 }
 
@@ -724,6 +728,8 @@ mod tests {
 
     #[test]
     fn runs_of_failures_follow_the_error_budget() {
+        // An availability so small that `1 - A` rounds to 1: the longest run, not the shortest.
+        assert_eq!(trip_after_failures(1.0 - 1e-17), 1000);
         assert_eq!(trip_after_failures(0.001), 14);
         assert_eq!(trip_after_failures(0.2), 14);
         assert_eq!(trip_after_failures(0.3), 18); // 0.3^18 < 1e-9

@@ -261,7 +261,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            DeadlineStateProj::Expired => Poll::Ready(Err(DeadlineExceeded::new().into())),
+            DeadlineStateProj::Expired => {
+                tracing::debug!("deadline already passed: not called");
+                Poll::Ready(Err(DeadlineExceeded::new().into()))
+            }
             DeadlineStateProj::Unbounded { inner } => inner.poll(cx).map_err(Into::into),
             DeadlineStateProj::Bounded {
                 inner,
@@ -276,6 +279,7 @@ where
                 }
                 let timer = sleep.as_mut().as_pin_mut().expect("armed just above");
                 ready!(timer.poll(cx));
+                tracing::debug!("deadline exceeded");
                 Poll::Ready(Err(DeadlineExceeded::new().into()))
             }
         }

@@ -570,12 +570,13 @@ impl Limiter {
     }
 
     /// Adds a completed call to the window, and folds the window if it is over. Does nothing
-    /// for a fixed limit. Returns the published limit's change, `(previous, new)`, when this
-    /// call folded a window that moved it.
+    /// for a fixed limit. When this call folds a window that moves the published limit,
+    /// `moved(previous, new)` is called before the next fold can start, so reports of the
+    /// limit (a gauge, events) arrive in the order the limit moved.
     #[inline]
-    pub(crate) fn record(&self, sample: Sample) -> Option<(u64, u64)> {
+    pub(crate) fn record(&self, sample: Sample, moved: impl FnOnce(u64, u64)) {
         let Some(adaptive) = &self.adaptive else {
-            return None;
+            return;
         };
         let aggregate = &adaptive.aggregate.0;
         let rtt = sample.rtt_ns.max(1);
@@ -598,22 +599,21 @@ impl Limiter {
             || (sample.end_ns >= adaptive.window_end_ns.load(Ordering::Relaxed)
                 && samples >= adaptive.min_samples)
         {
-            return self.fold_window(adaptive, sample.end_ns);
+            self.fold_window(adaptive, sample.end_ns, moved);
         }
-        None
     }
 
     /// Folds the window into the algorithm and publishes the new limit, if this thread wins
     /// the `updating` flag and the window is still over once it holds it.
     #[cold]
-    fn fold_window(&self, adaptive: &Adaptive, now_ns: u64) -> Option<(u64, u64)> {
+    fn fold_window(&self, adaptive: &Adaptive, now_ns: u64, moved: impl FnOnce(u64, u64)) {
         // Acquire: see the state the previous holder left (its Release below).
         if adaptive
             .updating
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            return None;
+            return;
         }
         let aggregate = &adaptive.aggregate.0;
         // Checked again under the flag: the previous holder may have just folded this window
@@ -623,7 +623,7 @@ impl Limiter {
             && samples >= adaptive.min_samples;
         if !over && !adaptive.alarmed(aggregate.slow.load(Ordering::Relaxed), samples) {
             adaptive.updating.store(false, Ordering::Release);
-            return None;
+            return;
         }
         let start = adaptive.window_start_ns.load(Ordering::Relaxed);
         let samples = aggregate.samples.swap(0, Ordering::Relaxed);
@@ -679,9 +679,12 @@ impl Limiter {
         adaptive
             .window_end_ns
             .store(now_ns.saturating_add(adaptive.window_ns), Ordering::Relaxed);
+        if previous != limit {
+            // Still holding the flag: no later fold can report before this one.
+            moved(previous, limit);
+        }
         // Release: the next holder sees everything written above.
         adaptive.updating.store(false, Ordering::Release);
-        (previous != limit).then_some((previous, limit))
     }
 
     /// Windows folded so far; 0 for a fixed limit.
@@ -766,16 +769,16 @@ mod tests {
             let in_flight = limiter.try_acquire().unwrap();
             limiter.admitted(in_flight);
         }
-        limiter.record(sample(10, 50, false));
-        limiter.record(sample(10, 150, false)); // over, but only 2 samples
+        limiter.record(sample(10, 50, false), |_, _| {});
+        limiter.record(sample(10, 150, false), |_, _| {}); // over, but only 2 samples
         assert_eq!(limiter.windows(), 0);
-        limiter.record(sample(10, 160, false));
+        limiter.record(sample(10, 160, false), |_, _| {});
         assert_eq!((limiter.windows(), limiter.limit()), (1, 11));
-        limiter.record(sample(10, 170, false)); // the next window has just begun
+        limiter.record(sample(10, 170, false), |_, _| {}); // the next window has just begun
         assert_eq!(limiter.windows(), 1);
         // A drop in the next window cuts the limit.
-        limiter.record(sample(10, 250, true));
-        limiter.record(sample(10, 270, false));
+        limiter.record(sample(10, 250, true), |_, _| {});
+        limiter.record(sample(10, 270, false), |_, _| {});
         assert_eq!((limiter.windows(), limiter.limit()), (2, 9));
     }
 
@@ -792,7 +795,7 @@ mod tests {
             limiter.try_acquire().unwrap();
         }
         limiter.release();
-        limiter.record(sample(1, 5, true)); // 4 → 2 with 3 in flight
+        limiter.record(sample(1, 5, true), |_, _| {}); // 4 → 2 with 3 in flight
         assert_eq!(limiter.limit(), 2);
         assert_eq!(limiter.try_acquire(), Err(2));
         limiter.release();
@@ -871,11 +874,14 @@ mod loom_models {
             let completing = {
                 let limiter = Arc::clone(&limiter);
                 thread::spawn(move || {
-                    limiter.record(Sample {
-                        rtt_ns: 5,
-                        end_ns: 10,
-                        dropped: true,
-                    });
+                    limiter.record(
+                        Sample {
+                            rtt_ns: 5,
+                            end_ns: 10,
+                            dropped: true,
+                        },
+                        |_, _| {},
+                    );
                     limiter.release();
                 })
             };
@@ -921,11 +927,14 @@ mod loom_models {
                 .map(|end_ns| {
                     let limiter = Arc::clone(&limiter);
                     thread::spawn(move || {
-                        limiter.record(Sample {
-                            rtt_ns: 5,
-                            end_ns,
-                            dropped: false,
-                        });
+                        limiter.record(
+                            Sample {
+                                rtt_ns: 5,
+                                end_ns,
+                                dropped: false,
+                            },
+                            |_, _| {},
+                        );
                     })
                 })
                 .collect();
