@@ -84,8 +84,8 @@ where
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_firebreak::circuit_breaker::{CircuitBreakerLayer, State};
-/// use tower_firebreak::sla::Sla;
+/// use tower_firebreak::circuit_breaker::{AnyErrorIsFailure, CircuitBreakerLayer, State};
+/// use tower_firebreak::sla::{IgnoreLocalShedding, Sla};
 ///
 /// let sla = Sla::builder()
 ///     .latency_objective(Duration::from_millis(100))
@@ -93,8 +93,13 @@ where
 ///     .max_concurrency(32)
 ///     .build()?;
 /// let layer = sla.client_layer()?
-///     // A breaker of your own, for example with an HTTP classifier.
-///     .with_circuit_breaker(CircuitBreakerLayer::builder().consecutive_failures(5).build()?);
+///     // A breaker of your own; its classifier still ignores the stack's own shedding.
+///     .with_circuit_breaker(
+///         CircuitBreakerLayer::builder()
+///             .consecutive_failures(5)
+///             .classifier(IgnoreLocalShedding::new(AnyErrorIsFailure))
+///             .build()?,
+///     );
 /// assert_eq!(layer.breaker().state(), State::Closed);
 /// assert_eq!(layer.timeout_layer().attempt_timeout(), Duration::from_millis(100));
 /// assert_eq!(layer.load_shed_layer().max_concurrency(), 32);
