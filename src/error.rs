@@ -200,7 +200,33 @@ pub enum ConfigError {
     },
 }
 
+/// The longest most duration settings accept.
+pub(crate) const ONE_HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl ConfigError {
+    /// A duration setting: [`ConfigError::ZeroDuration`] if zero, [`ConfigError::OutOfRange`]
+    /// (expecting `expected`, such as "at most 1 hour") if above `max`.
+    pub(crate) fn check_duration(
+        layer: &'static str,
+        setting: &'static str,
+        value: std::time::Duration,
+        max: std::time::Duration,
+        expected: &'static str,
+    ) -> Result<(), ConfigError> {
+        if value.is_zero() {
+            Err(ConfigError::ZeroDuration { layer, setting })
+        } else if value > max {
+            Err(ConfigError::out_of_range(
+                layer,
+                setting,
+                format!("{value:?}"),
+                expected,
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
     /// [`ConfigError::OutOfRange`] for `setting` of `layer`, showing `value` as given.
     pub(crate) fn out_of_range(
         layer: &'static str,

@@ -3,7 +3,7 @@
 #![cfg(feature = "metrics")]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
@@ -15,6 +15,10 @@ use tower_firebreak::load_shed::{Aimd, LoadShedLayer, ThrottleLayer, Throttled};
 use tower_firebreak::observe::metrics::*;
 use tower_firebreak::retry::{Backoff, RetryBudget, RetryLayer};
 use tower_firebreak::timeout::{DeadlineLayer, TimeoutLayer};
+
+#[path = "support/failing.rs"]
+mod failing;
+use failing::{Refused, failing_first};
 
 /// A recorder that keeps every value where reads do not reset it (`metrics-util`'s
 /// `DebuggingRecorder` zeroes counters and gauges at every snapshot), in `metrics-util`'s
@@ -85,15 +89,6 @@ fn with_recorder<T>(build: impl FnOnce() -> T) -> (T, Kept) {
     let built = metrics::with_local_recorder(&recorder, build);
     (built, recorder)
 }
-
-#[derive(Debug)]
-struct Refused;
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("refused")
-    }
-}
-impl std::error::Error for Refused {}
 
 #[tokio::test(start_paused = true)]
 async fn a_breaker_counts_calls_by_outcome_and_shows_its_state() {
@@ -185,23 +180,6 @@ async fn an_unnamed_breaker_has_an_empty_name_label() {
         metrics.counter(BREAKER_CALLS, &[("name", ""), ("outcome", "success")]),
         1
     );
-}
-
-/// A service that fails its first `failures` calls, then succeeds.
-fn failing_first(
-    failures: u32,
-) -> impl Service<(), Response = (), Error = BoxError, Future: Send> + Clone {
-    let calls = Arc::new(AtomicU32::new(0));
-    service_fn(move |_: ()| {
-        let call = calls.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if call < failures {
-                Err::<(), BoxError>(Box::new(Refused))
-            } else {
-                Ok(())
-            }
-        }
-    })
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,6 +13,10 @@ use tower_firebreak::observe::Event;
 use tower_firebreak::retry::{Backoff, RetryBudget, RetryLayer};
 use tower_firebreak::timeout::{DeadlineLayer, TimeoutLayer};
 
+#[path = "support/failing.rs"]
+mod failing;
+use failing::{Refused, failing_first};
+
 /// An event, owned, so a test can keep it.
 #[derive(Debug, Clone, PartialEq)]
 enum Seen {
@@ -81,15 +85,6 @@ fn recorder() -> (
 fn take(seen: &Mutex<Vec<Seen>>) -> Vec<Seen> {
     std::mem::take(&mut *seen.lock().unwrap())
 }
-
-#[derive(Debug)]
-struct Refused;
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("refused")
-    }
-}
-impl std::error::Error for Refused {}
 
 #[tokio::test(start_paused = true)]
 async fn a_breaker_reports_its_trip_probes_and_close_in_order() {
@@ -234,23 +229,6 @@ async fn the_transition_listener_and_the_event_listener_both_hear_a_trip() {
             TransitionReason::FailureThreshold
         )]
     );
-}
-
-/// A service that fails its first `failures` calls, then succeeds.
-fn failing_first(
-    failures: u32,
-) -> impl tower::Service<(), Response = (), Error = BoxError, Future: Send> + Clone {
-    let calls = Arc::new(AtomicU32::new(0));
-    service_fn(move |_: ()| {
-        let call = calls.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if call < failures {
-                Err::<(), BoxError>(Box::new(Refused))
-            } else {
-                Ok(())
-            }
-        }
-    })
 }
 
 #[tokio::test(start_paused = true)]

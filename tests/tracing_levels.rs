@@ -8,31 +8,16 @@
 //! with the other listener tests). Alone in its process, no other thread reaches the call
 //! sites.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tower::{ServiceBuilder, ServiceExt};
 use tower_firebreak::circuit_breaker::CircuitBreakerLayer;
-use tower_firebreak::error::BoxError;
 use tower_firebreak::retry::{Backoff, RetryLayer};
 
-/// A service that fails its first `failures` calls, then succeeds.
-fn failing_first(
-    failures: u32,
-) -> impl tower::Service<(), Response = (), Error = BoxError, Future: Send> + Clone {
-    let calls = Arc::new(AtomicU32::new(0));
-    service_fn(move |_: ()| {
-        let call = calls.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if call < failures {
-                Err::<(), BoxError>("refused".into())
-            } else {
-                Ok(())
-            }
-        }
-    })
-}
+#[path = "support/failing.rs"]
+mod failing;
+use failing::failing_first;
 
 /// A `tracing` subscriber that keeps the level and message of every event.
 #[derive(Clone, Default)]

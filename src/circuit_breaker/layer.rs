@@ -13,7 +13,7 @@ use super::handle::{Handle, StateTransition};
 use super::shared::{Listener, OpenDuration, Shared, Timing};
 use super::state::{MAX_PROBES, StateMachine};
 use super::window::{MAX_BUCKETS, Model, Window};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ONE_HOUR};
 use crate::observe::{self, Event, Observer};
 
 const LAYER: &str = "CircuitBreakerLayer";
@@ -592,15 +592,13 @@ impl<C> CircuitBreakerLayerBuilder<C> {
             ));
         }
         positive(self.half_open_max_wait, "half_open_max_wait")?;
-        positive(self.max_retry_after, "max_retry_after")?;
-        if self.max_retry_after > Duration::from_secs(3600) {
-            return Err(ConfigError::out_of_range(
-                LAYER,
-                "max_retry_after",
-                format!("{:?}", self.max_retry_after),
-                "at most 1 hour",
-            ));
-        }
+        ConfigError::check_duration(
+            LAYER,
+            "max_retry_after",
+            self.max_retry_after,
+            ONE_HOUR,
+            "at most 1 hour",
+        )?;
         let stripes = match self.stripes {
             Some(stripes) if !(1..=1024).contains(&stripes) => {
                 return Err(ConfigError::out_of_range(
@@ -673,19 +671,5 @@ fn unit_interval(value: f64, setting: &'static str) -> Result<(), ConfigError> {
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 fn positive(duration: Duration, setting: &'static str) -> Result<(), ConfigError> {
-    if duration.is_zero() {
-        Err(ConfigError::ZeroDuration {
-            layer: LAYER,
-            setting,
-        })
-    } else if duration > MAX_DURATION {
-        Err(ConfigError::out_of_range(
-            LAYER,
-            setting,
-            format!("{duration:?}"),
-            "at most 365 days",
-        ))
-    } else {
-        Ok(())
-    }
+    ConfigError::check_duration(LAYER, setting, duration, MAX_DURATION, "at most 365 days")
 }

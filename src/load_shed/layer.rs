@@ -10,7 +10,7 @@ use super::LoadShed;
 use super::limit::{Kind, LAYER, Limit, Limiter, Sampling, SlaGuard};
 use super::queue::{QueueOrder, WaitQueue};
 use crate::clock::{self, Instant};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ONE_HOUR};
 use crate::observe::{Event, Listener, LoadShedObserver};
 
 /// Rejects calls with [`Overloaded`](super::Overloaded) while the concurrency limit is
@@ -327,37 +327,23 @@ impl LoadShedLayerBuilder {
                         "a capacity from 1 to 1,000,000",
                     ));
                 }
-                if max_wait.is_zero() {
-                    return Err(ConfigError::ZeroDuration {
-                        layer: LAYER,
-                        setting: "queue",
-                    });
-                }
-                if max_wait > Duration::from_secs(3600) {
-                    return Err(ConfigError::out_of_range(
-                        LAYER,
-                        "queue",
-                        format!("{max_wait:?}"),
-                        "a wait of at most 1 hour",
-                    ));
-                }
+                ConfigError::check_duration(
+                    LAYER,
+                    "queue",
+                    max_wait,
+                    ONE_HOUR,
+                    "a wait of at most 1 hour",
+                )?;
                 Some(Arc::new(WaitQueue::new(capacity, max_wait, order)))
             }
         };
-        if self.retry_after.is_zero() {
-            return Err(ConfigError::ZeroDuration {
-                layer: LAYER,
-                setting: "retry_after",
-            });
-        }
-        if self.retry_after > Duration::from_secs(3600) {
-            return Err(ConfigError::out_of_range(
-                LAYER,
-                "retry_after",
-                format!("{:?}", self.retry_after),
-                "at most 1 hour",
-            ));
-        }
+        ConfigError::check_duration(
+            LAYER,
+            "retry_after",
+            self.retry_after,
+            ONE_HOUR,
+            "at most 1 hour",
+        )?;
         let limiter = match limit.kind {
             Kind::Fixed(fixed) => Limiter::fixed(fixed.max_concurrency),
             Kind::Adaptive(algorithm) => {

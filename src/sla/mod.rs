@@ -596,20 +596,13 @@ impl SlaBuilder {
             layer: LAYER,
             setting: "latency_objective",
         })?;
-        if latency_objective.is_zero() {
-            return Err(ConfigError::ZeroDuration {
-                layer: LAYER,
-                setting: "latency_objective",
-            });
-        }
-        if latency_objective > MAX_LATENCY_OBJECTIVE {
-            return Err(ConfigError::out_of_range(
-                LAYER,
-                "latency_objective",
-                format!("{latency_objective:?}"),
-                "at most 1 hour",
-            ));
-        }
+        ConfigError::check_duration(
+            LAYER,
+            "latency_objective",
+            latency_objective,
+            MAX_LATENCY_OBJECTIVE,
+            "at most 1 hour",
+        )?;
         let availability = self.availability.ok_or(ConfigError::Missing {
             layer: LAYER,
             setting: "availability",

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{Bounds, Estimate, LAYER, Window, bounds_setters, check_f64};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ONE_HOUR};
 
 /// Additive increase, multiplicative decrease: the limit grows by one each window in which
 /// calls completed without a drop, and is multiplied by
@@ -112,21 +112,7 @@ impl Aimd {
 
 /// A latency setting: greater than zero, at most 1 hour.
 pub(crate) fn check_duration(setting: &'static str, value: Duration) -> Result<(), ConfigError> {
-    if value.is_zero() {
-        return Err(ConfigError::ZeroDuration {
-            layer: LAYER,
-            setting,
-        });
-    }
-    if value > Duration::from_secs(3600) {
-        return Err(ConfigError::out_of_range(
-            LAYER,
-            setting,
-            format!("{value:?}"),
-            "at most 1 hour",
-        ));
-    }
-    Ok(())
+    ConfigError::check_duration(LAYER, setting, value, ONE_HOUR, "at most 1 hour")
 }
 
 #[cfg(all(test, not(loom)))]
