@@ -200,6 +200,22 @@ pub enum ConfigError {
     },
 }
 
+/// The first error of type `T` in `err`'s `source()` chain, `err` included, looked up as far
+/// as [`ErrorKind::of`] looks.
+pub(crate) fn find_in_chain<'a, T: Error + 'static>(
+    err: &'a (dyn Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(err);
+    for _ in 0..MAX_SOURCE_DEPTH {
+        let e = current?;
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
 /// The longest most duration settings accept.
 pub(crate) const ONE_HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 

@@ -74,13 +74,13 @@ impl<C> Permit<C> {
     {
         let kind = std::mem::replace(&mut self.kind, Kind::Settled);
         let Some(local) = &self.local else { return };
+        if kind == Kind::Settled {
+            return;
+        }
         let outcome = local.classifier.classify(result);
         let shared = &local.shared;
-        if kind != Kind::Settled {
-            shared.count_outcome(outcome);
-        }
+        shared.count_outcome(outcome);
         if outcome == Outcome::Failure
-            && kind != Kind::Settled
             && let Some(hint) = local.classifier.retry_after(result)
         {
             shared.asked_to_wait(hint);

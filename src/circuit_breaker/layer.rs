@@ -370,10 +370,11 @@ impl<C> CircuitBreakerLayerBuilder<C> {
         self
     }
 
-    /// The longest a dependency's own "come back later" (the classifier's
-    /// [`retry_after`](Classify::retry_after), such as an HTTP `Retry-After`) may keep the
-    /// breaker open past its open duration. Greater than zero, at most 1 hour; default 60 s,
-    /// so that a wrong or hostile header cannot take a dependency out of use for long.
+    /// The most of a dependency's own "come back later" (the classifier's
+    /// [`retry_after`](Classify::retry_after), such as an HTTP `Retry-After`) the breaker
+    /// honours: an open period lasts until the later of its open duration and the failure's
+    /// time plus the hint capped at this. Greater than zero, at most 1 hour; default 60 s, so
+    /// that a wrong or hostile header cannot take a dependency out of use for long.
     pub fn max_retry_after(mut self, max: Duration) -> Self {
         self.max_retry_after = max;
         self

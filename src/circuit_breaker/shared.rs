@@ -22,7 +22,7 @@ use crate::clock::{self, Instant};
 #[cfg(feature = "metrics")]
 use crate::observe::metrics::BreakerMetrics;
 use crate::observe::{Event, Observer};
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 use crate::ticker::{Epochs, Ticker};
 
 /// How long the breaker stays open after a trip.
@@ -71,11 +71,12 @@ pub(crate) struct Shared {
     /// The latest time a failed call's dependency asked to be left alone until (nanoseconds
     /// since `origin`; 0 for never): an open period lasts at least until then.
     asked_until: AtomicU64,
-    /// Whether the current open period ends at a dependency's hint rather than at the open
-    /// duration: a caller told to come back then (an HTTP retry honouring `Retry-After`)
-    /// arrives at that very instant, so admission checks the clock rather than let it race
-    /// the timer (see `end_hinted_open`).
-    open_ends_at_hint: AtomicBool,
+    /// `generation + 1` of the open period that ends at a dependency's hint rather than at
+    /// the open duration, 0 for none: a caller told to come back then (an HTTP retry
+    /// honouring `Retry-After`) arrives at that very instant, so admission checks the clock
+    /// rather than let it race the timer (see `end_hinted_open`). Tagged with the generation
+    /// so that a later open period never reads an earlier one's end as its own.
+    hinted_open: AtomicU64,
     /// When the current phase began (nanoseconds since `origin`).
     phase_since: AtomicU64,
     /// Trips since the breaker last closed, for exponential open durations.
@@ -127,7 +128,7 @@ impl Shared {
             origin: clock::now(),
             open_until: AtomicU64::new(0),
             asked_until: AtomicU64::new(0),
-            open_ends_at_hint: AtomicBool::new(false),
+            hinted_open: AtomicU64::new(0),
             phase_since: AtomicU64::new(0),
             consecutive_trips: AtomicU64::new(0),
             jitter_seed: AtomicU64::new(seed),
@@ -226,34 +227,34 @@ impl Shared {
         self.asked_until.fetch_max(until, Ordering::Relaxed);
         // Already open (a call admitted before the trip failing late, with a longer hint):
         // lengthen the open period; its timer waits for the new end.
-        if matches!(
-            self.state.snapshot().phase,
-            Phase::Open | Phase::OpenUntimed
-        ) && self.open_until.fetch_max(until, Ordering::AcqRel) < until
+        let now = self.state.snapshot();
+        if matches!(now.phase, Phase::Open | Phase::OpenUntimed)
+            && self.open_until.fetch_max(until, Ordering::AcqRel) < until
         {
-            self.open_ends_at_hint.store(true, Ordering::Relaxed);
+            // Release: whoever reads this tag sees the end stored just above.
+            self.hinted_open
+                .store(u64::from(now.generation) + 1, Ordering::Release);
         }
     }
 
     /// For an open period that ends at a dependency's hint: if it is over, start probing
     /// now rather than wait for the timer. Returns whether the state moved (then admission
-    /// tries again). One clock read, only on rejections during such a period.
+    /// tries again). A load on rejections; the clock is read only during such a period.
     pub(crate) fn end_hinted_open(self: &Arc<Self>, generation: u32) -> bool {
-        if !self.open_ends_at_hint.load(Ordering::Relaxed) || clock::now() < self.open_until() {
-            return false;
-        }
-        match self.state.open_elapsed(generation) {
-            Some(transition) => {
-                self.after(transition, TransitionReason::OpenElapsed);
-                true
-            }
-            None => true, // someone else moved it
-        }
+        // Acquire: pairs with the Release after the period's end was stored.
+        self.hinted_open.load(Ordering::Acquire) == u64::from(generation) + 1
+            && self.end_open_if_over(generation)
     }
 
     /// For a breaker open with no timer: if the open period is over, start probing.
     /// Returns whether the state moved.
     pub(crate) fn end_untimed_open(self: &Arc<Self>, generation: u32) -> bool {
+        self.end_open_if_over(generation)
+    }
+
+    /// Moves open cycle `generation` to half-open if its end has passed. Returns whether
+    /// the state moved (by this thread or another).
+    fn end_open_if_over(self: &Arc<Self>, generation: u32) -> bool {
         if clock::now() < self.open_until() {
             return false;
         }
@@ -278,10 +279,14 @@ impl Shared {
                 let asked = self.instant_at(self.asked_until.load(Ordering::Relaxed));
                 let planned = now + self.open_duration(trips);
                 let until = planned.max(asked);
-                self.open_ends_at_hint
-                    .store(asked > planned, Ordering::Relaxed);
                 self.open_until
                     .store(self.nanos_at(until), Ordering::Release);
+                let hinted = if asked > planned {
+                    u64::from(transition.generation) + 1
+                } else {
+                    0
+                };
+                self.hinted_open.store(hinted, Ordering::Release);
                 self.arm_open_timer(transition.generation, until);
             }
             Phase::Closed => {
@@ -428,14 +433,16 @@ fn open_timer(
     async move {
         let mut fallback = fallback;
         tokio::time::sleep_until(until).await;
-        // A late hint may have lengthened the period: wait for its end.
+        // A late hint may have lengthened the period: wait for its end, as long as this
+        // period lasts (another one's end is not this timer's to wait for).
         loop {
             let Some(breaker) = shared.upgrade() else {
                 return;
             };
             let end = breaker.open_until();
+            let current = breaker.state.snapshot().generation == generation;
             drop(breaker);
-            if clock::now() >= end {
+            if !current || clock::now() >= end {
                 break;
             }
             tokio::time::sleep_until(end).await;

@@ -160,21 +160,13 @@ impl HttpRetryPolicyBuilder {
     /// [`ConfigError::ZeroDuration`] or [`ConfigError::OutOfRange`] for a `max_wait` of zero
     /// or above one day.
     pub fn build(self) -> Result<HttpRetryPolicy, ConfigError> {
-        let max_wait = self.policy.max_wait;
-        if max_wait.is_zero() {
-            return Err(ConfigError::ZeroDuration {
-                layer: POLICY,
-                setting: "max_wait",
-            });
-        }
-        if max_wait > MAX_RETRY_AFTER {
-            return Err(ConfigError::out_of_range(
-                POLICY,
-                "max_wait",
-                format!("{max_wait:?}"),
-                "at most 24 hours",
-            ));
-        }
+        ConfigError::check_duration(
+            POLICY,
+            "max_wait",
+            self.policy.max_wait,
+            MAX_RETRY_AFTER,
+            "at most 24 hours",
+        )?;
         Ok(self.policy)
     }
 }

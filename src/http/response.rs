@@ -38,17 +38,10 @@ pub fn error_status(err: &(dyn Error + 'static)) -> StatusCode {
 }
 
 /// The last attempt's error inside the [`BudgetExhausted`](crate::retry::BudgetExhausted) in
-/// `err`'s source chain (found as [`ErrorKind::of`] finds it, through wrappers such as
+/// `err`'s source chain, found as [`ErrorKind::of`] finds it (through wrappers such as
 /// `tower::buffer`'s).
 fn last_attempt_error<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a (dyn Error + 'static)> {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if let Some(exhausted) = e.downcast_ref::<crate::retry::BudgetExhausted>() {
-            return exhausted.source();
-        }
-        current = e.source();
-    }
-    None
+    crate::error::find_in_chain::<crate::retry::BudgetExhausted>(err)?.source()
 }
 
 /// The `Retry-After` of a 503 whose error carries no hint (a half-open breaker whose probe

@@ -92,9 +92,8 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        // A fixed limit's call: nothing to time. Kept apart from `Timed` so that its path is
-        // exactly what it was before adaptive limits existed (a timestamp in the permit cost
-        // it about 8 ns a call, measured).
+        // A fixed limit's call: nothing to time. Kept apart from `Timed` so that it carries
+        // no timestamp (one in the permit cost it about 8 ns a call, measured).
         Admitted { #[pin] inner: F, permit: Option<Permit> },
         // An adaptive limit's call, admitted at `started_ns` (see `Permit::admitted_at`).
         Timed { #[pin] inner: F, permit: Option<Permit>, started_ns: u64 },

@@ -109,9 +109,10 @@
 //!   and the reference count of the shared limit (in the response future). No allocation, no
 //!   clock read.
 //! - **Adaptive limit**: the same, plus two clock reads (admission and completion) and two
-//!   to three atomic additions to the window's counters per call (a minimum and a maximum
-//!   are compared first and written only when they change); once a window, one call folds
-//!   it. No allocation, no lock. See `BENCHMARKS.md` for the figures.
+//!   atomic additions to the window's counters per call, two more for a call that was
+//!   dropped or slow (a minimum and a maximum are compared first and written only when they
+//!   change); once a window, one call folds it. No allocation, no lock. See
+//!   `BENCHMARKS.md` for the figures.
 //! - A rejected call allocates the boxed error it returns.
 //! - **With a queue**: a caller that must wait allocates its timer and its place in the
 //!   list, and takes the lock; a finishing call takes it only when someone waits.
@@ -186,6 +187,7 @@ use self::future::Permit;
 pub use self::future::ResponseFuture;
 pub use self::layer::{LoadShedLayer, LoadShedLayerBuilder};
 use self::limit::Limiter;
+pub(crate) use self::limit::MAX_LIMIT;
 pub use self::limit::{Aimd, Fixed, Gradient2, Limit, SlaGuard, Vegas};
 pub use self::queue::QueueOrder;
 use self::queue::WaitQueue;
@@ -225,6 +227,18 @@ pub(crate) struct Local {
     pub(crate) queue: Option<Arc<WaitQueue>>,
     /// Reports sheds and limit changes (`tracing`, listener, metrics); off the admitted path.
     pub(crate) observer: Arc<LoadShedObserver>,
+}
+
+impl Local {
+    /// The permit for a slot just taken for this clone, which brought the calls in flight to
+    /// `in_flight`: an adaptive limit notes that for its window's maximum.
+    #[inline]
+    pub(crate) fn permit_for(self: &Arc<Self>, in_flight: u64) -> Permit {
+        if self.adaptive {
+            self.limiter.admitted(in_flight);
+        }
+        Permit::new(Arc::clone(self))
+    }
 }
 
 impl<S: Clone> Clone for LoadShed<S> {
@@ -316,11 +330,8 @@ where
             Ok(in_flight) => in_flight,
             Err(limit) => return self.reject(limit),
         };
-        if local.adaptive {
-            local.limiter.admitted(in_flight);
-        }
         // The permit exists before the inner call, so a panic in `call` gives the slot back.
-        let permit = Permit::new(Arc::clone(local));
+        let permit = local.permit_for(in_flight);
         self.admit(permit, request)
     }
 }

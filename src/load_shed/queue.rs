@@ -215,36 +215,42 @@ impl WaitQueue {
 
     #[cold]
     fn hand_over(&self, limiter: &Limiter) {
-        // Waiters past their deadline go first, so the slot goes to one still waiting.
-        let expired = {
-            let mut list = self.lock();
-            self.expire_overdue(&mut list, now())
-        };
-        expired.into_iter().for_each(Waker::wake);
+        let now = now();
         loop {
-            let waker = {
+            let (expired, served) = {
                 let mut list = self.lock();
-                let entry = match self.order {
-                    QueueOrder::Fifo => list.pop_front(),
-                    QueueOrder::Lifo => list.pop_back(),
-                };
-                let Some(entry) = entry else { return };
-                if limiter.try_acquire().is_err() {
-                    // Taken by a caller that did not queue, or the limit fell: the waiter
-                    // keeps its place, and the next slot freed comes here again.
-                    match self.order {
-                        QueueOrder::Fifo => list.push_front(entry),
-                        QueueOrder::Lifo => list.push_back(entry),
-                    }
-                    return;
-                }
-                self.waiters.fetch_sub(1, Ordering::SeqCst);
-                entry.state.store(GRANTED, Ordering::Release);
-                entry.waker
+                // Waiters past their deadline go first, so the slot goes to one still waiting.
+                let expired = self.expire_overdue(&mut list, now);
+                (expired, self.serve_next(&mut list, limiter))
             };
             // Woken outside the lock.
-            waker.wake();
+            expired.into_iter().for_each(Waker::wake);
+            match served {
+                Some(waker) => waker.wake(),
+                None => return,
+            }
         }
+    }
+
+    /// Takes a free slot for the next waiter in the queue's order and marks it served;
+    /// returns its waker, or `None` if nobody waits or no slot is free.
+    fn serve_next(&self, list: &mut VecDeque<Entry>, limiter: &Limiter) -> Option<Waker> {
+        let entry = match self.order {
+            QueueOrder::Fifo => list.pop_front(),
+            QueueOrder::Lifo => list.pop_back(),
+        }?;
+        if limiter.try_acquire().is_err() {
+            // Taken by a caller that did not queue, or the limit fell: the waiter keeps its
+            // place, and the next slot freed comes here again.
+            match self.order {
+                QueueOrder::Fifo => list.push_front(entry),
+                QueueOrder::Lifo => list.push_back(entry),
+            }
+            return None;
+        }
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        entry.state.store(GRANTED, Ordering::Release);
+        Some(entry.waker)
     }
 
     /// Replaces the waker of `ticket`'s entry, if it is still waiting.

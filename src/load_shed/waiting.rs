@@ -44,10 +44,7 @@ impl Wait {
         let ticket = self.ticket.take_if(|ticket| ticket.granted())?;
         drop(ticket);
         // The finishing call took the slot on this waiter's behalf.
-        if self.local.adaptive {
-            self.local.limiter.admitted(self.local.limiter.in_flight());
-        }
-        Some(Permit::new(Arc::clone(&self.local)))
+        Some(self.local.permit_for(self.local.limiter.in_flight()))
     }
 }
 
@@ -157,10 +154,7 @@ impl Waiting {
     }
 
     fn reserve(&mut self, local: &Arc<Local>, in_flight: u64) {
-        if local.adaptive {
-            local.limiter.admitted(in_flight);
-        }
-        self.reserved = Some(Permit::new(Arc::clone(local)));
+        self.reserved = Some(local.permit_for(in_flight));
     }
 
     /// What `poll_ready` left for this `call`.

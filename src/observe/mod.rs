@@ -56,11 +56,15 @@
 //! would unwind through that call, or through the breaker's timer task (for a transition the
 //! timer makes), and stop what the task was doing.
 //!
-//! One exception to "nothing on the success path": a
-//! [`TimeoutLayer`](crate::timeout::TimeoutLayer) with a name, a listener or (with the
-//! `metrics` feature) metrics hands every response future a reference to them, since a
-//! timeout is only known there: one reference-count increment and decrement per call, and no
-//! allocation.
+//! Exceptions to "nothing on the success path":
+//!
+//! - a [`TimeoutLayer`](crate::timeout::TimeoutLayer) with a name, a listener or (with the
+//!   `metrics` feature, whether or not a recorder is installed) metrics hands every response
+//!   future a reference to them, since a timeout is only known there: one reference-count
+//!   increment and decrement per call, and no allocation;
+//! - with the `metrics` feature, the circuit breaker counts every call by outcome and the
+//!   retry layer counts every attempt: one counter increment per call each (see
+//!   [`metrics`]).
 //!
 //! `tracing` events carry the layer's name in a `name` field (`breaker` for a circuit
 //! breaker), and their target is the module that emits them (`tower_firebreak::retry::...`),

@@ -106,8 +106,8 @@ use std::time::Duration;
 
 pub use self::layer::{IgnoreLocalShedding, SlaLayer, SlaService};
 use crate::circuit_breaker::{AnyErrorIsFailure, CircuitBreakerLayer};
-use crate::error::ConfigError;
-use crate::load_shed::{LoadShedLayer, SlaGuard};
+use crate::error::{ConfigError, ONE_HOUR};
+use crate::load_shed::{LoadShedLayer, MAX_LIMIT, SlaGuard};
 use crate::observe::{Event, Listener};
 use crate::retry::{Backoff, CloneRequests, Jitter, RetryBudget, RetryErrors, RetryLayer};
 use crate::timeout::TimeoutLayer;
@@ -128,11 +128,9 @@ const MAX_TRIP_FAILURES: u32 = 1_000;
 const OPEN_DURATION: Duration = Duration::from_secs(1);
 /// Retries a second the budget allows whatever the traffic.
 const BUDGET_MIN_PER_SECOND: u32 = 10;
-/// The longest latency objective accepted: the backoff goes up to 8 times it, and the retry
-/// layer accepts delays up to 24 hours.
-const MAX_LATENCY_OBJECTIVE: Duration = Duration::from_secs(3600);
-/// The most calls in flight [`LoadShedLayer`] accepts as a limit.
-const MAX_CONCURRENCY: u64 = 1_000_000;
+// The longest latency objective accepted (the backoff goes up to 8 times it, and the retry
+// layer accepts delays up to 24 hours) is `ONE_HOUR`; the most calls in flight is the most
+// `LoadShedLayer` accepts as a limit, `MAX_LIMIT`.
 
 /// A dependency's service-level objective, checked, with the parameters of the stack that
 /// protects its callers derived from it. See the [module docs](self) for the rules.
@@ -600,7 +598,7 @@ impl SlaBuilder {
             LAYER,
             "latency_objective",
             latency_objective,
-            MAX_LATENCY_OBJECTIVE,
+            ONE_HOUR,
             "at most 1 hour",
         )?;
         let availability = self.availability.ok_or(ConfigError::Missing {
@@ -620,7 +618,7 @@ impl SlaBuilder {
             layer: LAYER,
             setting: "max_concurrency",
         })?;
-        if !(1..=MAX_CONCURRENCY).contains(&max_concurrency) {
+        if !(1..=MAX_LIMIT).contains(&max_concurrency) {
             return Err(ConfigError::out_of_range(
                 LAYER,
                 "max_concurrency",

@@ -73,10 +73,10 @@ const STALE_AT_FLOOR_WINDOWS: u64 = 5;
 ///   lets more queueing through than it should: while the window's latency is below half the
 ///   long-term one, the long-term one is halved toward it each window.
 /// - **Stale after latency rises for good.** A slower service (a bigger payload, a colder
-///   cache) looks like queueing: the gradient stays at 0.5 and the limit sinks to its floor
-///   (`max(min, 2 × queue_size)`, where `limit × 0.5 + queue_size` settles). After 5
-///   windows there, with the gradient still at 0.5, the window's latency becomes the new
-///   long-term latency (as Envoy's gradient controller re-measures its minimum latency when
+///   cache) looks like queueing: the gradient stays at 0.5 and the limit halves each window
+///   (cuts add no headroom here) toward `min`. After 5 windows at or below
+///   `1.1 × max(min, 2 × queue_size)` (8.8 with the defaults), with the gradient still at
+///   0.5, the window's latency becomes the new long-term latency (as Envoy's gradient controller re-measures its minimum latency when
 ///   its limit sits at the minimum). A real overload does not trigger it: as the limit
 ///   falls the queue drains and latency comes back down before the floor is reached.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,7 +178,10 @@ impl Gradient2 {
         } else {
             (self.tolerance * *long / short).clamp(0.5, 1.0)
         };
-        // Where a limit pinned at gradient 0.5 settles: `limit = limit / 2 + queue_size`.
+        // The low limit below which a gradient pinned at 0.5 means a stale baseline rather
+        // than an overload: `2 × queue_size` (where Netflix's `limit / 2 + queue_size` would
+        // settle), or `min` if higher. This crate's cuts add no headroom, so the limit passes
+        // it on its way down to `min`.
         let floor = (self.bounds.min as f64).max(2.0 * self.queue_size);
         if window.drops == 0 && gradient <= 0.5 && limit <= floor * 1.1 {
             estimate.counter += 1;

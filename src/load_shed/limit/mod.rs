@@ -302,11 +302,12 @@ pub(crate) struct Estimate {
     /// The limit, with the fraction the published (whole) limit drops.
     pub(crate) limit: f64,
     /// The latency the algorithm compares with (Gradient2: long-term average; Vegas: no-load
-    /// latency); 0 before the first window.
+    /// latency), 0 before the first window; the SLA guard keeps here instead the limit at
+    /// which the objective was last breached.
     pub(crate) baseline_rtt_ns: f64,
-    /// Windows counted for the algorithm's own purpose (Gradient2 and Vegas: consecutive
-    /// windows at the minimum limit; Vegas also windows since its last baseline probe, in the
-    /// upper half).
+    /// Counted for the algorithm's own purpose: Gradient2, consecutive windows at its low
+    /// limit; Vegas, windows at the minimum in the low 32 bits and milliseconds since its last
+    /// baseline probe in the high 32; the SLA guard, clean windows since the last breach.
     pub(crate) counter: u64,
 }
 
@@ -411,10 +412,13 @@ struct Adaptive {
     limit_bits: AtomicU64,
     baseline_bits: AtomicU64,
     counter: AtomicU64,
-    /// Windows folded so far, the samples they held, and the fewest one held (for tests and
-    /// debugging).
+    /// Windows folded so far, the samples they held, and the fewest one held: what the unit
+    /// tests and loom models check, so only in test builds.
+    #[cfg(test)]
     windows: AtomicU64,
+    #[cfg(test)]
     samples_folded: AtomicU64,
+    #[cfg(test)]
     smallest_fold: AtomicU64,
 }
 
@@ -494,8 +498,11 @@ impl Limiter {
                 limit_bits: AtomicU64::new((bounds.initial as f64).to_bits()),
                 baseline_bits: AtomicU64::new(0_f64.to_bits()),
                 counter: AtomicU64::new(0),
+                #[cfg(test)]
                 windows: AtomicU64::new(0),
+                #[cfg(test)]
                 samples_folded: AtomicU64::new(0),
+                #[cfg(test)]
                 smallest_fold: AtomicU64::new(u64::MAX),
             }),
         }
@@ -665,11 +672,14 @@ impl Limiter {
         adaptive
             .alarm_ns
             .store(adaptive.algorithm.alarm_ns(&estimate), Ordering::Relaxed);
-        adaptive.windows.fetch_add(1, Ordering::Relaxed);
-        adaptive
-            .samples_folded
-            .fetch_add(samples, Ordering::Relaxed);
-        adaptive.smallest_fold.fetch_min(samples, Ordering::Relaxed);
+        #[cfg(test)]
+        {
+            adaptive.windows.fetch_add(1, Ordering::Relaxed);
+            adaptive
+                .samples_folded
+                .fetch_add(samples, Ordering::Relaxed);
+            adaptive.smallest_fold.fetch_min(samples, Ordering::Relaxed);
+        }
         // The published limit is whole: the fraction stays in the estimate, so small steps
         // add up over windows. Only the flag's holder writes it, so the swap's old value is
         // the limit this fold replaced.
