@@ -51,12 +51,11 @@
 //!   rescans them all on every call, so its cost grows with the calls the window holds (here,
 //!   whatever one second of this closed loop adds up to).
 //!
-//! Benches build with every feature (the crate's self dev-dependency turns them on), so the
-//! `metrics` feature is compiled in, but no recorder is installed: each counter the layers
-//! hold is a no-op handle, one branch per call. With `FIREBREAK_BENCH_METRICS=1` in the
-//! environment a global recorder whose counters and gauges are plain atomics is installed
-//! first, so the firebreak rows include the metrics each call records (one increment of
-//! `firebreak_circuit_breaker_calls_total` per call that completes).
+//! With `--features metrics` (and not otherwise: plain `cargo bench` measures the default
+//! build) the layers hold metrics handles; with `FIREBREAK_BENCH_METRICS=1` in the
+//! environment as well, a global recorder whose counters and gauges are plain atomics is
+//! installed first, so the firebreak rows include the metrics each call records (one
+//! increment of `firebreak_circuit_breaker_calls_total` per call that completes).
 //!
 //! The half-open groups run last, on a runtime with paused time (to end open periods without
 //! waiting): once any runtime pauses time, every later read of tokio's clock in the process
